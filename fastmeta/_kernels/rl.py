@@ -1,0 +1,240 @@
+"""Numba kernels of the meta-RL core. Private: no validation, callers allocate outputs.
+
+Sparse kernels take the transition kernel as CSR arrays of shape (S*A, S), row
+``s*A + a`` = P(.|s, a). Work is split by state (or by fixed chunks of states),
+each output entry written by exactly one iteration in a fixed order, so results do
+not depend on the number of threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._config import N_CHUNKS, jit, pjit
+
+
+@pjit
+def softmax_policy(f, inv_tau, Q, eta, out):
+    """out[s] = softmax(f[s] * inv_tau + eta * Q[s]), stable for logits of any size."""
+    S, A = f.shape
+    for s in prange(S):
+        m = -np.inf
+        for a in range(A):
+            z = f[s, a] * inv_tau + eta * Q[s, a]
+            out[s, a] = z
+            if z > m:
+                m = z
+        total = 0.0
+        for a in range(A):
+            e = np.exp(out[s, a] - m)
+            out[s, a] = e
+            total += e
+        inv = 1.0 / total
+        for a in range(A):
+            out[s, a] *= inv
+
+
+@pjit
+def policy_average(pi, x, out):
+    """out[s] = sum_a pi[s, a] * x[s, a] (e.g. r_pi, V from Q)."""
+    S, A = pi.shape
+    for s in prange(S):
+        acc = 0.0
+        for a in range(A):
+            acc += pi[s, a] * x[s, a]
+        out[s] = acc
+
+
+@pjit
+def bellman_q(indptr, indices, data, r, V, gamma, out):
+    """Q(s, a) = (1 - gamma) r(s, a) + gamma sum_s' P(s'|s, a) V(s'), out of shape (S, A)."""
+    S, A = r.shape
+    for s in prange(S):
+        for a in range(A):
+            row = s * A + a
+            acc = 0.0
+            for k in range(indptr[row], indptr[row + 1]):
+                acc += data[k] * V[indices[k]]
+            out[s, a] = (1.0 - gamma) * r[s, a] + gamma * acc
+
+
+@jit
+def kernel_transpose_apply(indptr, indices, data, w, out):
+    """out(s') = sum_{s,a} w(s, a) P(s'|s, a), i.e. P^T w (serial scatter: fixed order)."""
+    S, A = w.shape
+    out[:] = 0.0
+    for s in range(S):
+        for a in range(A):
+            row = s * A + a
+            ws = w[s, a]
+            if ws != 0.0:
+                for k in range(indptr[row], indptr[row + 1]):
+                    out[indices[k]] += ws * data[k]
+
+
+@pjit
+def count_policy_pattern(indptr, indices, S, A, counts):
+    """counts[s] = number of distinct columns in rows s*A..s*A+A-1 of P, plus the diagonal."""
+    for c in prange(N_CHUNKS):
+        lo = c * S // N_CHUNKS
+        hi = (c + 1) * S // N_CHUNKS
+        width = 1
+        for s in range(lo, hi):
+            w = indptr[(s + 1) * A] - indptr[s * A] + 1
+            if w > width:
+                width = w
+        buf = np.empty(width, dtype=np.int64)
+        for s in range(lo, hi):
+            counts[s] = _merge_columns(indptr, indices, s, A, buf)
+
+
+@pjit
+def fill_policy_pattern(indptr, indices, S, A, m_indptr, m_indices, nnz_map, diag_pos):
+    """Columns of M = I - gamma P_pi for each state, and where each P entry lands in M.
+
+    ``nnz_map[k]`` is the position in M's data of the k-th stored entry of P;
+    ``diag_pos[s]`` the position of M[s, s].
+    """
+    for c in prange(N_CHUNKS):
+        lo = c * S // N_CHUNKS
+        hi = (c + 1) * S // N_CHUNKS
+        width = 1
+        for s in range(lo, hi):
+            w = indptr[(s + 1) * A] - indptr[s * A] + 1
+            if w > width:
+                width = w
+        buf = np.empty(width, dtype=np.int64)
+        for s in range(lo, hi):
+            n = _merge_columns(indptr, indices, s, A, buf)
+            start = m_indptr[s]
+            for j in range(n):
+                m_indices[start + j] = buf[j]
+                if buf[j] == s:
+                    diag_pos[s] = start + j
+            for k in range(indptr[s * A], indptr[(s + 1) * A]):
+                nnz_map[k] = start + _find(buf, n, indices[k])
+
+
+@jit
+def _merge_columns(indptr, indices, s, A, buf):
+    """Sorted distinct columns of rows s*A..s*A+A-1 of P together with s, into buf."""
+    n = 0
+    buf[n] = s
+    n += 1
+    for k in range(indptr[s * A], indptr[(s + 1) * A]):
+        col = indices[k]
+        # insertion into the sorted prefix, skipping duplicates
+        pos = n
+        while pos > 0 and buf[pos - 1] > col:
+            pos -= 1
+        if pos > 0 and buf[pos - 1] == col:
+            continue
+        for j in range(n, pos, -1):
+            buf[j] = buf[j - 1]
+        buf[pos] = col
+        n += 1
+    return n
+
+
+@jit
+def _find(buf, n, col):
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if buf[mid] < col:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@pjit
+def fill_policy_matrix(indptr, data, nnz_map, diag_pos, m_indptr, pi, gamma, m_data):
+    """Values of M = I - gamma P_pi on the pattern from ``fill_policy_pattern``."""
+    S, A = pi.shape
+    for s in prange(S):
+        for j in range(m_indptr[s], m_indptr[s + 1]):
+            m_data[j] = 0.0
+        for a in range(A):
+            row = s * A + a
+            scale = -gamma * pi[s, a]
+            for k in range(indptr[row], indptr[row + 1]):
+                m_data[nnz_map[k]] += scale * data[k]
+        m_data[diag_pos[s]] += 1.0
+
+
+@pjit
+def chunked_dot(x, y):
+    """x . y with a summation order that does not depend on the thread count."""
+    n = x.size
+    parts = np.zeros(N_CHUNKS)
+    for c in prange(N_CHUNKS):
+        lo = c * n // N_CHUNKS
+        hi = (c + 1) * n // N_CHUNKS
+        acc = 0.0
+        for i in range(lo, hi):
+            acc += x[i] * y[i]
+        parts[c] = acc
+    total = 0.0
+    for c in range(N_CHUNKS):
+        total += parts[c]
+    return total
+
+
+@pjit
+def accumulate_energy_grad(sigma_i, adv_i, xi, pi, adv, c_own, c_meta, out):
+    """out(s, a) += c_own sigma_i A_i + c_meta xi(s) pi(a|s) A(s, a)  (ERRATA section 4)."""
+    S, A = pi.shape
+    for s in prange(S):
+        for a in range(A):
+            out[s, a] += c_own * sigma_i[s, a] * adv_i[s, a] + c_meta * xi[s] * pi[s, a] * adv[s, a]
+
+
+@pjit
+def advantage(Q, V, out):
+    """out(s, a) = Q(s, a) - V(s)."""
+    S, A = Q.shape
+    for s in prange(S):
+        for a in range(A):
+            out[s, a] = Q[s, a] - V[s]
+
+
+@pjit
+def scale_rows(nu, pi, out):
+    """out(s, a) = nu(s) pi(a|s): the state-action visitation sigma from nu."""
+    S, A = pi.shape
+    for s in prange(S):
+        for a in range(A):
+            out[s, a] = nu[s] * pi[s, a]
+
+
+@pjit
+def linear_energy(phi, theta, out):
+    """out(s, a) = phi(s, a)^T theta."""
+    S, A, d = phi.shape
+    for s in prange(S):
+        for a in range(A):
+            acc = 0.0
+            for j in range(d):
+                acc += phi[s, a, j] * theta[j]
+            out[s, a] = acc
+
+
+@pjit
+def linear_energy_vjp(phi, g, out):
+    """out = sum_{s,a} g(s, a) phi(s, a), chunk partials summed in chunk order."""
+    S, A, d = phi.shape
+    parts = np.zeros((N_CHUNKS, d))
+    for c in prange(N_CHUNKS):
+        lo = c * S // N_CHUNKS
+        hi = (c + 1) * S // N_CHUNKS
+        for s in range(lo, hi):
+            for a in range(A):
+                gs = g[s, a]
+                if gs != 0.0:
+                    for j in range(d):
+                        parts[c, j] += gs * phi[s, a, j]
+    out[:] = 0.0
+    for c in range(N_CHUNKS):
+        for j in range(d):
+            out[j] += parts[c, j]

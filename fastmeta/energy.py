@@ -1,0 +1,87 @@
+"""Energies f(s, a) of the energy-based policies pi(a|s) ∝ exp(f(s, a) / tau).
+
+The meta-RL core only ever asks an energy for f (``energy``) and for the
+vector-Jacobian product ``energy_vjp(theta, g) = sum_{s,a} g(s,a) df(s,a)/dtheta``;
+every parameterisation (linear here, the two-layer network in
+:mod:`fastmeta.neural`) plugs into the same exact meta-gradient that way.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._kernels import rl as _k
+from ._validation import as_float_array
+
+
+@runtime_checkable
+class Energy(Protocol):
+    """What :class:`fastmeta.MetaRL` needs from a parameterised energy."""
+
+    n_states: int
+    n_actions: int
+    n_params: int
+
+    def energy(self, theta: np.ndarray) -> np.ndarray: ...
+
+    def energy_vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray: ...
+
+    def init_params(self) -> np.ndarray: ...
+
+    def project(self, theta: np.ndarray) -> np.ndarray: ...
+
+    def check_params(self, theta: Any, owner: str) -> np.ndarray: ...
+
+
+class LinearEnergy:
+    """Linear energy f(s, a) = phi(s, a)^T theta of the paper's (3.2).
+
+    Parameters
+    ----------
+    phi : array_like of shape (S, A, d)
+        Features. Stored once as C-contiguous float64 (not copied if it already is).
+
+    Attributes
+    ----------
+    phi : ndarray of shape (S, A, d)
+    n_states, n_actions, n_params : int
+    """
+
+    def __init__(self, phi: Any):
+        self.phi = as_float_array(phi, "phi", "LinearEnergy", ndim=3)
+        self.n_states, self.n_actions, self.n_params = self.phi.shape
+        if min(self.phi.shape) < 1:
+            raise ValueError("The 'phi' parameter of LinearEnergy must have shape (S, A, d) with every "
+                             f"dimension >= 1. Got shape {self.phi.shape} instead.")
+
+    def energy(self, theta: np.ndarray) -> np.ndarray:
+        """f(s, a) = phi(s, a)^T theta, shape (S, A)."""
+        out = np.empty((self.n_states, self.n_actions))
+        _k.linear_energy(self.phi, theta, out)
+        return out
+
+    def energy_vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """sum_{s,a} g(s, a) phi(s, a), shape (d,)."""
+        out = np.empty(self.n_params)
+        _k.linear_energy_vjp(self.phi, g, out)
+        return out
+
+    def init_params(self) -> np.ndarray:
+        """Zeros: the uniform policy."""
+        return np.zeros(self.n_params)
+
+    def project(self, theta: np.ndarray) -> np.ndarray:
+        """Identity: the linear parameterisation is unconstrained."""
+        return theta
+
+    def check_params(self, theta: Any, owner: str) -> np.ndarray:
+        """Validate theta: finite, shape (d,)."""
+        return as_float_array(theta, "theta", owner, shape=(self.n_params,))
+
+    def tag(self) -> str:
+        """A short description used to match checkpoints to problems."""
+        return f"LinearEnergy{self.phi.shape}:{float(np.sum(self.phi)):.17g}"
+
+    def __repr__(self) -> str:
+        return f"LinearEnergy(S={self.n_states}, A={self.n_actions}, d={self.n_params})"

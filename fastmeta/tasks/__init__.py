@@ -1,0 +1,1 @@
+"""Task families: generators of TabularMDP lists and feature maps."""
