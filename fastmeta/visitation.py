@@ -1,0 +1,139 @@
+"""Visitation measures of Section 2 and expectations under the family (3.6).
+
+sigma^{(s,a)} (Definition 3.1) is the state-action visitation of pi started from
+s0 ~ P(.|s, a). The whole family is an (S*A) x (S*A) object, but every quantity
+the paper uses is an expectation under it, and each such expectation is one linear
+solve with M = I - gamma P_pi:
+
+    E_{sigma^{(s,a)}}[g]            = (1-gamma) [P M^{-1} g_pi](s, a),    g_pi(s') = sum_a' pi(a'|s') g(s', a')
+    sum_{s,a} w(s,a) sigma^{(s,a)}  = (1-gamma) [M^{-T} P^T w](s') pi(a'|s')
+
+:func:`explicit_family` builds the family itself, for teaching and tests only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import linalg
+from ._kernels import rl as _k
+from ._validation import as_float_array, check_choice
+from .mdp import TabularMDP
+
+EXPLICIT_LIMIT = 4096
+"""Largest S*A for which :func:`explicit_family` agrees to build the dense family."""
+
+
+def _policy(task: TabularMDP, pi: Any, owner: str) -> np.ndarray:
+    if not isinstance(task, TabularMDP):
+        raise TypeError(f"The 'task' parameter of {owner} must be a TabularMDP. Got {type(task).__name__} instead.")
+    pi = as_float_array(pi, "pi", owner, shape=task.shape, allow_negative=False)
+    sums = pi.sum(axis=1)
+    worst = int(np.argmax(np.abs(sums - 1.0)))
+    if abs(sums[worst] - 1.0) > 1e-8:
+        raise ValueError(f"The 'pi' parameter of {owner} must have rows pi(.|s) summing to 1. "
+                         f"Row {worst} sums to {float(sums[worst])!r}.")
+    return pi
+
+
+def policy_matrix(task: TabularMDP, pi: Any) -> Any:
+    """M = I - gamma P_pi as scipy CSR (S, S)."""
+    from .rl import PolicyPattern  # the symbolic phase lives with the meta-RL core
+
+    pi = _policy(task, pi, "policy_matrix")
+    pattern = PolicyPattern.build(task.P, task.n_states, task.n_actions, "dense", 1e-11, None)
+    return pattern.matrix(task.P, pi, task.gamma)
+
+
+def _factor(task: TabularMDP, pi: np.ndarray, solver: str) -> Any:
+    from .rl import PolicyPattern
+
+    pattern = PolicyPattern.build(task.P, task.n_states, task.n_actions, solver, 1e-11, None)
+    return pattern.factorize(task.P, pi, task.gamma)
+
+
+def evaluate_policy(task: TabularMDP, pi: Any, *, solver: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V (S,), Q (S, A) and A = Q - V of pi with the (1-gamma) normalisation (2.1)-(2.3)."""
+    pi = _policy(task, pi, "evaluate_policy")
+    solver = check_choice(solver, "solver", linalg.METHODS, "evaluate_policy")
+    r_pi = np.empty(task.n_states)
+    _k.policy_average(pi, task.r, r_pi)
+    V = _factor(task, pi, solver).solve(r_pi) * (1.0 - task.gamma)
+    Q = np.empty(task.shape)
+    _k.bellman_q(task.P.indptr, task.P.indices, task.P.data, task.r, V, task.gamma, Q)
+    return V, Q, Q - V[:, None]
+
+
+def visitation(task: TabularMDP, pi: Any, *, init: Any = None, solver: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """State visitation nu (2.4) and state-action visitation sigma = nu pi.
+
+    ``init`` replaces the task's zeta (e.g. by a signed measure: the result is then
+    linear in it).
+    """
+    pi = _policy(task, pi, "visitation")
+    solver = check_choice(solver, "solver", linalg.METHODS, "visitation")
+    zeta = task.init if init is None else as_float_array(init, "init", "visitation", shape=(task.n_states,))
+    nu = _factor(task, pi, solver).solve_transposed(zeta) * (1.0 - task.gamma)
+    return nu, nu[:, None] * pi
+
+
+def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto") -> np.ndarray:
+    """E_{(s',a') ~ sigma^{(s,a)}}[g(s', a')] for every (s, a), without building the family.
+
+    Parameters
+    ----------
+    task : TabularMDP
+    pi : ndarray of shape (S, A)
+        The policy generating the family.
+    g : ndarray of shape (S, A) or (S, A, k)
+        A scalar or vector-valued function of (s', a').
+
+    Returns
+    -------
+    ndarray of shape (S, A) or (S, A, k)
+        Costs k solves with one factorisation.
+    """
+    owner = "family_expectation"
+    pi = _policy(task, pi, owner)
+    solver = check_choice(solver, "solver", linalg.METHODS, owner)
+    g = as_float_array(g, "g", owner)
+    if g.shape[:2] != task.shape or g.ndim not in (2, 3):
+        raise ValueError(f"The 'g' parameter of {owner} must have shape {task.shape} or {task.shape + ('k',)}. "
+                         f"Got shape {g.shape} instead.")
+    G = g.reshape(task.n_states, task.n_actions, -1)
+    fac = _factor(task, pi, solver)
+    g_pi = np.einsum("sa,sak->sk", pi, G)
+    H = np.column_stack([fac.solve(np.ascontiguousarray(g_pi[:, j])) for j in range(G.shape[2])])
+    out = (task.P @ H) * (1.0 - task.gamma)
+    return out.reshape(g.shape)
+
+
+def family_mixture(task: TabularMDP, pi: Any, w: Any, *, solver: str = "auto") -> np.ndarray:
+    """The measure sum_{s,a} w(s, a) sigma^{(s,a)} on (s', a'), shape (S, A); one transposed solve."""
+    owner = "family_mixture"
+    pi = _policy(task, pi, owner)
+    solver = check_choice(solver, "solver", linalg.METHODS, owner)
+    w = as_float_array(w, "w", owner, shape=task.shape)
+    mu = np.empty(task.n_states)
+    _k.kernel_transpose_apply(task.P.indptr, task.P.indices, task.P.data, w, mu)
+    xi = _factor(task, pi, solver).solve_transposed(mu) * (1.0 - task.gamma)
+    return xi[:, None] * pi
+
+
+def explicit_family(task: TabularMDP, pi: Any) -> np.ndarray:
+    """The whole family as a dense array F[s, a, s', a'] = sigma^{(s,a)}(s', a').
+
+    For teaching and testing only: memory grows as (S*A)^2, so it refuses
+    problems with S*A > ``EXPLICIT_LIMIT``.
+    """
+    pi = _policy(task, pi, "explicit_family")
+    S, A = task.shape
+    if S * A > EXPLICIT_LIMIT:
+        raise ValueError(f"explicit_family builds an (S*A) x (S*A) array; S*A = {S * A} exceeds the limit "
+                         f"{EXPLICIT_LIMIT}. Use family_expectation or family_mixture instead.")
+    P = task.dense_P()
+    P_pi = np.einsum("sa,sat->st", pi, P)
+    resolvent = np.linalg.inv(np.eye(S) - task.gamma * P_pi)
+    state = (1.0 - task.gamma) * np.einsum("sat,tu->sau", P, resolvent)
+    return state[:, :, :, None] * pi[None, None, :, :]

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+import fastmeta
+
+
+def random_dense_tasks(S=6, A=3, gammas=(0.8, 0.5, 0.95), seed=0, sparse_rows=False):
+    """Random MDPs with per-task gamma; returns (TabularMDP list, oracle tuples)."""
+    rng = np.random.default_rng(seed)
+    tasks, raw = [], []
+    for g in gammas:
+        P = rng.random((S, A, S)) ** 3
+        if sparse_rows:
+            P[P < 0.3] = 0.0
+            P[:, :, 0] += 1e-3
+        P /= P.sum(axis=2, keepdims=True)
+        r = rng.normal(size=(S, A))
+        init = rng.dirichlet(np.ones(S))
+        tasks.append(fastmeta.TabularMDP(P, r, g, init))
+        raw.append((P, r, g, init))
+    return tasks, raw
+
+
+@pytest.fixture
+def small_problem():
+    tasks, raw = random_dense_tasks()
+    rng = np.random.default_rng(1)
+    phi = rng.normal(size=(6, 3, 4))
+    theta = rng.normal(size=4)
+    return tasks, raw, phi, theta

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from fastmeta import visitation as vis
+
+from . import naive
+from .conftest import random_dense_tasks
+
+
+@pytest.fixture
+def task_and_policy():
+    (task,), ((P, r, g, init),) = random_dense_tasks(S=5, A=3, gammas=(0.85,))
+    pi = naive.softmax(np.random.default_rng(0).normal(size=(5, 3)))
+    return task, P, pi
+
+
+def test_explicit_family_matches_oracle_and_sums_to_one(task_and_policy):
+    task, P, pi = task_and_policy
+    F = vis.explicit_family(task, pi)
+    np.testing.assert_allclose(F, naive.family(P, task.gamma, pi), rtol=1e-11)
+    np.testing.assert_allclose(F.sum(axis=(2, 3)), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["dense", "splu", "krylov"])
+def test_family_expectation_and_mixture_without_the_family(task_and_policy, solver):
+    task, P, pi = task_and_policy
+    F = naive.family(P, task.gamma, pi)
+    g = np.random.default_rng(1).normal(size=(5, 3, 4))
+    np.testing.assert_allclose(vis.family_expectation(task, pi, g, solver=solver),
+                               np.einsum("sauv,uvk->sak", F, g), rtol=1e-9)
+    np.testing.assert_allclose(vis.family_expectation(task, pi, g[:, :, 0], solver=solver),
+                               np.einsum("sauv,uv->sa", F, g[:, :, 0]), rtol=1e-9)
+    w = np.random.default_rng(2).normal(size=(5, 3))
+    np.testing.assert_allclose(vis.family_mixture(task, pi, w, solver=solver),
+                               np.einsum("sa,sauv->uv", w, F), rtol=1e-9, atol=1e-14)
+
+
+def test_visitation_and_values_match_oracle(task_and_policy):
+    task, P, pi = task_and_policy
+    nu, sigma = vis.visitation(task, pi)
+    nu0, sigma0 = naive.visitation(P, task.gamma, task.init, pi)
+    np.testing.assert_allclose(sigma, sigma0, rtol=1e-11)
+    V, Q, A = vis.evaluate_policy(task, pi)
+    V0, Q0, A0 = naive.values(P, task.r, task.gamma, pi)
+    np.testing.assert_allclose(Q, Q0, rtol=1e-11)
+    np.testing.assert_allclose(vis.policy_matrix(task, pi).toarray(),
+                               np.eye(5) - task.gamma * naive.policy_transition(P, pi), atol=1e-15)
+
+
+def test_bad_policy_and_size_limit(task_and_policy):
+    task, P, pi = task_and_policy
+    with pytest.raises(ValueError, match=r"'pi' parameter of visitation must have rows"):
+        vis.visitation(task, pi * 2)
+    with pytest.raises(ValueError, match=r"'g' parameter of family_expectation must have shape"):
+        vis.family_expectation(task, pi, np.zeros((4, 3)))
+    big, _ = random_dense_tasks(S=70, A=60, gammas=(0.5,))
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        vis.explicit_family(big[0], np.full((70, 60), 1 / 60))
