@@ -13,8 +13,11 @@ from . import tasks
 from ._optim import FitResult, load_checkpoint
 from .energy import Energy, LinearEnergy
 from .linalg import SolverError
+from .linear_model import LinearModel
 from .mdp import TabularMDP
+from .neural import NeuralEnergy, TwoLayerReLU
 from .rl import MetaRL, TaskTrace
+from .sl import MetaSL, SLTask
 
 __version__ = "0.1.0"
 
@@ -22,10 +25,15 @@ __all__ = [
     "Energy",
     "FitResult",
     "LinearEnergy",
+    "LinearModel",
     "MetaRL",
+    "MetaSL",
+    "NeuralEnergy",
+    "SLTask",
     "SolverError",
     "TabularMDP",
     "TaskTrace",
+    "TwoLayerReLU",
     "load_checkpoint",
     "tasks",
 ]

@@ -34,6 +34,7 @@ factorisation is built once for all of them.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -202,6 +203,8 @@ class MetaRL:
                 self._patterns[key] = PolicyPattern.build(task.P, S, A, self.solver, self.tol, self.maxiter)
             self._task_pattern.append(self._patterns[key])
         # Groups of tasks sharing (P, gamma): the main effect's M is the same for all of them.
+        self._stages: dict[str, float] | None = None  # set by profile_stages
+        self._clock = 0.0
         groups: dict[tuple[int, float], list[int]] = {}
         for i, task in enumerate(self.tasks):
             groups.setdefault((id(task.P), task.gamma), []).append(i)
@@ -238,7 +241,7 @@ class MetaRL:
         pi = self._main_policy(f)
         task_i = self.tasks[i]
         pattern = self._task_pattern[i]
-        fac = pattern.factorize(task_i.P, pi, task_i.gamma)
+        fac = self._factorize(pattern, task_i.P, pi, task_i.gamma)
         return self._task(task_i, pattern, f, pi, fac, want_grad=True, keep=True)
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
@@ -276,7 +279,39 @@ class MetaRL:
                                    checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                                    tag=self._tag(lr), owner="MetaRL.fit")
 
+    def profile_stages(self, theta: Any) -> dict[str, float]:
+        """Seconds spent in each stage of one ``value_and_grad`` call.
+
+        Stages: "energy" (f and pi), "build M" (I - gamma P_pi from the cached
+        pattern), "factorise" (LU, or the iterative solver's set-up), "solve",
+        "solve transposed", "kernels" (Bellman backups, measures, assembly) and
+        "vjp" (mapping dL/df to parameters).
+        """
+        theta = self.model.check_params(theta, _OWNER)
+        self._stages, self._clock = {}, time.perf_counter()
+        try:
+            value, grad_energy, _ = self._run(theta, want_grad=True)
+            self.model.energy_vjp(theta, grad_energy)
+            self._tick("vjp")
+            return dict(self._stages)
+        finally:
+            self._stages = None
+
     # ------------------------------------------------------------------ internals
+    def _tick(self, stage: str) -> None:
+        """Charge the time since the previous tick to ``stage`` (only while profiling)."""
+        if self._stages is not None:
+            now = time.perf_counter()
+            self._stages[stage] = self._stages.get(stage, 0.0) + now - self._clock
+            self._clock = now
+
+    def _factorize(self, pattern: PolicyPattern, P: sp.csr_matrix, pi: np.ndarray, gamma: float) -> Any:
+        M = pattern.matrix(P, pi, gamma)
+        self._tick("build M")
+        fac = linalg.factorize(M, pattern.method, tol=pattern.tol, maxiter=pattern.maxiter, plan=pattern.plan)
+        self._tick("factorise")
+        return fac
+
     def _main_policy(self, f: np.ndarray) -> np.ndarray:
         pi = np.empty_like(f)
         _k.softmax_policy(f, 1.0 / self.tau, f, 0.0, pi)
@@ -285,13 +320,14 @@ class MetaRL:
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None, None]:
         f = self.model.energy(theta)
         pi = self._main_policy(f)
+        self._tick("energy")
         total = 0.0
         grad = np.zeros_like(f) if want_grad else None
         n = len(self.tasks)
         for group in self._groups:
             first = self.tasks[group[0]]
             pattern = self._task_pattern[group[0]]
-            fac = pattern.factorize(first.P, pi, first.gamma)
+            fac = self._factorize(pattern, first.P, pi, first.gamma)
             for i in group:
                 tr = self._task(self.tasks[i], pattern, f, pi, fac, want_grad, keep=False, grad_out=grad)
                 total += tr.J_i
@@ -305,36 +341,46 @@ class MetaRL:
         P, gamma, S = task.P, task.gamma, task.n_states
         r_pi = np.empty(S)
         _k.policy_average(pi, task.r, r_pi)
+        self._tick("kernels")
         V = fac.solve(r_pi)
         V *= 1.0 - gamma
+        self._tick("solve")
         Q = np.empty_like(f)
         _k.bellman_q(P.indptr, P.indices, P.data, task.r, V, gamma, Q)
         pi_i = np.empty_like(f)
         _k.softmax_policy(f, 1.0 / self.tau, Q, self.eta, pi_i)
-        fac_i = pattern.factorize(P, pi_i, gamma)
+        self._tick("kernels")
+        fac_i = self._factorize(pattern, P, pi_i, gamma)
         _k.policy_average(pi_i, task.r, r_pi)
+        self._tick("kernels")
         V_i = fac_i.solve(r_pi)
         V_i *= 1.0 - gamma
+        self._tick("solve")
         J_i = _k.chunked_dot(task.init, V_i)
         A = np.empty_like(f)
         _k.advantage(Q, V, A)
         trace = TaskTrace(pi=pi, V=V, Q=Q, A=A, pi_i=pi_i, V_i=V_i, J_i=J_i)
+        self._tick("kernels")
         if not want_grad:
             return trace
         Q_i = np.empty_like(f)
         _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
         A_i = np.empty_like(f)
         _k.advantage(Q_i, V_i, A_i)
+        self._tick("kernels")
         nu_i = fac_i.solve_transposed(task.init)
         nu_i *= 1.0 - gamma
+        self._tick("solve transposed")
         del fac_i
         sigma_i = np.empty_like(f)
         _k.scale_rows(nu_i, pi_i, sigma_i)
         weighted = sigma_i * A_i
         mu_i = np.empty(S)
         _k.kernel_transpose_apply(P.indptr, P.indices, P.data, weighted, mu_i)
+        self._tick("kernels")
         xi_i = fac.solve_transposed(mu_i)
         xi_i *= 1.0 - gamma
+        self._tick("solve transposed")
         c_own = 1.0 / ((1.0 - gamma) * self.tau)
         c_meta = self.eta * gamma / ((1.0 - gamma) ** 2 * self.tau)
         target = np.zeros_like(f) if (keep or grad_out is None) else grad_out
@@ -342,6 +388,7 @@ class MetaRL:
         if keep:
             trace.Q_i, trace.A_i, trace.nu_i, trace.sigma_i, trace.xi_i = Q_i, A_i, nu_i, sigma_i, xi_i
             trace.grad_energy = target
+        self._tick("kernels")
         return trace
 
     def _tag(self, lr: StepSize) -> str:

@@ -56,3 +56,17 @@ def test_bad_policy_and_size_limit(task_and_policy):
     big, _ = random_dense_tasks(S=70, A=60, gammas=(0.5,))
     with pytest.raises(ValueError, match="exceeds the limit"):
         vis.explicit_family(big[0], np.full((70, 60), 1 / 60))
+
+
+def test_policy_iteration_finds_the_optimum():
+    from fastmeta.planning import optimal_policy
+
+    tasks, raw = random_dense_tasks(S=6, A=3, gammas=(0.9, 0.6))
+    for task, (P, r, gamma, init) in zip(tasks, raw):
+        pi, V, J = optimal_policy(task)
+        # Value iteration with the (1-gamma) normalisation as the oracle
+        V0 = np.zeros(6)
+        for _ in range(3000):
+            V0 = ((1 - gamma) * r + gamma * np.einsum("sat,t->sa", P, V0)).max(axis=1)
+        np.testing.assert_allclose(V, V0, atol=1e-10)
+        assert J == pytest.approx(init @ V0, abs=1e-10)

@@ -13,6 +13,7 @@ so every bit of the result, is the same for any number of threads.
 from __future__ import annotations
 
 import functools
+import types
 
 import numba
 
@@ -24,3 +25,39 @@ jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True)
 
 pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 """Parallel kernel (uses ``numba.prange``)."""
+
+PARALLEL_MIN_SIZE = 50_000
+"""Below this many array elements a parallel launch costs more than it saves."""
+
+
+class SizedKernel:
+    """One kernel body compiled twice, serial and parallel; each call picks by size.
+
+    Waking a thread pool costs tens of microseconds, far more than a small
+    problem's whole kernel, and on an oversubscribed machine spinning OpenMP
+    workers make it much worse; so calls whose largest array argument has fewer
+    than ``PARALLEL_MIN_SIZE`` elements run the serial version. Both versions sum
+    in the same fixed chunk order (``prange`` is ``range`` in the serial one), so
+    the choice never changes a result. Each version is compiled lazily, on first
+    use, and cached on disk under its own name.
+    """
+
+    def __init__(self, fn):
+        self.serial = jit(fn)
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                                  fn.__defaults__, fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_parallel"
+        twin.__module__ = fn.__module__
+        self.parallel = pjit(twin)
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        size = max((a.size for a in args if hasattr(a, "size") and hasattr(a, "shape")), default=0)
+        kernel = self.parallel if size >= PARALLEL_MIN_SIZE else self.serial
+        return kernel(*args)
+
+
+def sized(fn) -> SizedKernel:
+    """Decorator: compile ``fn`` serial and parallel, dispatch by problem size."""
+    return SizedKernel(fn)

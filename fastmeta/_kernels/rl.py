@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import N_CHUNKS, jit, pjit
+from ._config import N_CHUNKS, jit, sized
 
 
-@pjit
+@sized
 def softmax_policy(f, inv_tau, Q, eta, out):
     """out[s] = softmax(f[s] * inv_tau + eta * Q[s]), stable for logits of any size."""
     S, A = f.shape
@@ -34,7 +34,7 @@ def softmax_policy(f, inv_tau, Q, eta, out):
             out[s, a] *= inv
 
 
-@pjit
+@sized
 def policy_average(pi, x, out):
     """out[s] = sum_a pi[s, a] * x[s, a] (e.g. r_pi, V from Q)."""
     S, A = pi.shape
@@ -45,7 +45,7 @@ def policy_average(pi, x, out):
         out[s] = acc
 
 
-@pjit
+@sized
 def bellman_q(indptr, indices, data, r, V, gamma, out):
     """Q(s, a) = (1 - gamma) r(s, a) + gamma sum_s' P(s'|s, a) V(s'), out of shape (S, A)."""
     S, A = r.shape
@@ -72,7 +72,7 @@ def kernel_transpose_apply(indptr, indices, data, w, out):
                     out[indices[k]] += ws * data[k]
 
 
-@pjit
+@sized
 def count_policy_pattern(indptr, indices, S, A, counts):
     """counts[s] = number of distinct columns in rows s*A..s*A+A-1 of P, plus the diagonal."""
     for c in prange(N_CHUNKS):
@@ -88,7 +88,7 @@ def count_policy_pattern(indptr, indices, S, A, counts):
             counts[s] = _merge_columns(indptr, indices, s, A, buf)
 
 
-@pjit
+@sized
 def fill_policy_pattern(indptr, indices, S, A, m_indptr, m_indices, nnz_map, diag_pos):
     """Columns of M = I - gamma P_pi for each state, and where each P entry lands in M.
 
@@ -148,7 +148,7 @@ def _find(buf, n, col):
     return lo
 
 
-@pjit
+@sized
 def fill_policy_matrix(indptr, data, nnz_map, diag_pos, m_indptr, pi, gamma, m_data):
     """Values of M = I - gamma P_pi on the pattern from ``fill_policy_pattern``."""
     S, A = pi.shape
@@ -163,7 +163,7 @@ def fill_policy_matrix(indptr, data, nnz_map, diag_pos, m_indptr, pi, gamma, m_d
         m_data[diag_pos[s]] += 1.0
 
 
-@pjit
+@sized
 def chunked_dot(x, y):
     """x . y with a summation order that does not depend on the thread count."""
     n = x.size
@@ -181,7 +181,7 @@ def chunked_dot(x, y):
     return total
 
 
-@pjit
+@sized
 def accumulate_energy_grad(sigma_i, adv_i, xi, pi, adv, c_own, c_meta, out):
     """out(s, a) += c_own sigma_i A_i + c_meta xi(s) pi(a|s) A(s, a)  (ERRATA section 4)."""
     S, A = pi.shape
@@ -190,7 +190,7 @@ def accumulate_energy_grad(sigma_i, adv_i, xi, pi, adv, c_own, c_meta, out):
             out[s, a] += c_own * sigma_i[s, a] * adv_i[s, a] + c_meta * xi[s] * pi[s, a] * adv[s, a]
 
 
-@pjit
+@sized
 def advantage(Q, V, out):
     """out(s, a) = Q(s, a) - V(s)."""
     S, A = Q.shape
@@ -199,7 +199,7 @@ def advantage(Q, V, out):
             out[s, a] = Q[s, a] - V[s]
 
 
-@pjit
+@sized
 def scale_rows(nu, pi, out):
     """out(s, a) = nu(s) pi(a|s): the state-action visitation sigma from nu."""
     S, A = pi.shape
@@ -208,7 +208,7 @@ def scale_rows(nu, pi, out):
             out[s, a] = nu[s] * pi[s, a]
 
 
-@pjit
+@sized
 def linear_energy(phi, theta, out):
     """out(s, a) = phi(s, a)^T theta."""
     S, A, d = phi.shape
@@ -220,7 +220,7 @@ def linear_energy(phi, theta, out):
             out[s, a] = acc
 
 
-@pjit
+@sized
 def linear_energy_vjp(phi, g, out):
     """out = sum_{s,a} g(s, a) phi(s, a), chunk partials summed in chunk order."""
     S, A, d = phi.shape

@@ -1,12 +1,17 @@
 """Task families: generators of TabularMDP lists and feature maps."""
 from .features import grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
+from .linear_gaussian import linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
+from .sinusoid import embed_inputs, sinusoid_tasks
 
 __all__ = [
     "grid_rbf_features",
     "gridworld_goals",
     "gridworld_kernel",
+    "embed_inputs",
+    "linear_gaussian_tasks",
+    "sinusoid_tasks",
     "one_hot_features",
     "random_features",
     "random_kernel",

@@ -1,0 +1,87 @@
+"""The sinusoid regression family of Finn, Abbeel and Levine (2017), as SLTask lists."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .._validation import check_int, check_real_scalar
+from ..sl import SLTask
+
+_OWNER = "sinusoid_tasks"
+
+
+def embed_inputs(x: Any, embedding: str | Callable | None = None) -> np.ndarray:
+    """Network inputs for scalar x: ``None`` -> (x,), ``"affine"`` -> (x, 1), or ``embedding(x)``.
+
+    A bias-free ReLU network of a scalar x is piecewise linear through the origin (it can
+    only be a*x for x > 0 and c*x for x < 0); the constant coordinate of ``"affine"`` gives
+    every hidden unit its own kink position, which is what a sine needs.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
+    if embedding is None:
+        return np.ascontiguousarray(x)
+    if isinstance(embedding, str):
+        if embedding != "affine":
+            raise ValueError(f"The 'embedding' parameter of {_OWNER} must be None, 'affine' or a callable. "
+                             f"Got {embedding!r} instead.")
+        return np.ascontiguousarray(np.hstack([x, np.ones_like(x)]))
+    if callable(embedding):
+        return np.ascontiguousarray(np.asarray(embedding(x), dtype=np.float64).reshape(x.shape[0], -1))
+    raise TypeError(f"The 'embedding' parameter of {_OWNER} must be None, 'affine' or a callable. "
+                    f"Got {type(embedding).__name__} instead.")
+
+
+def sinusoid_tasks(n_tasks: int, k_shot: int = 5, k_query: int | None = None, *,
+                   amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, np.pi),
+                   x_range: tuple[float, float] = (-5.0, 5.0), embedding: str | Callable | None = None,
+                   seed: int | np.random.Generator = 0) -> list[SLTask]:
+    """Sample sinusoid regression tasks y = A sin(x + phase).
+
+    Parameters
+    ----------
+    n_tasks : int
+        Number of tasks.
+    k_shot : int, default 5
+        Support samples per task (K of K-shot).
+    k_query : int, optional
+        Query samples per task; without it the tasks have no query set, so the inner
+        step and the risk use the same K samples, as in (4.3)-(4.4).
+    amplitude, phase : (low, high)
+        A ~ U[amplitude], phase ~ U[phase]; defaults U[0.1, 5.0] and U[0, pi] as in Finn et al.
+    x_range : (low, high), default (-5, 5)
+        x ~ U[x_range], independently for support and query.
+    embedding : None, "affine" or callable
+        Network inputs built from x, see :func:`embed_inputs`.
+    seed : int or numpy.random.Generator
+        Source of every draw.
+
+    Returns
+    -------
+    list of SLTask
+        ``task.info`` holds ``amplitude`` and ``phase``.
+    """
+    n_tasks = check_int(n_tasks, "n_tasks", _OWNER, low=1)
+    k_shot = check_int(k_shot, "k_shot", _OWNER, low=1)
+    k_query = None if k_query is None else check_int(k_query, "k_query", _OWNER, low=1)
+    lo_a = check_real_scalar(amplitude[0], "amplitude", _OWNER)
+    hi_a = check_real_scalar(amplitude[1], "amplitude", _OWNER, low=lo_a, low_open=False)
+    lo_p = check_real_scalar(phase[0], "phase", _OWNER)
+    hi_p = check_real_scalar(phase[1], "phase", _OWNER, low=lo_p, low_open=False)
+    lo_x = check_real_scalar(x_range[0], "x_range", _OWNER)
+    hi_x = check_real_scalar(x_range[1], "x_range", _OWNER, low=lo_x)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
+        check_int(seed, "seed", _OWNER, low=0))
+    tasks = []
+    for _ in range(n_tasks):
+        a = rng.uniform(lo_a, hi_a)
+        ph = rng.uniform(lo_p, hi_p)
+        x = rng.uniform(lo_x, hi_x, k_shot)
+        xq = rng.uniform(lo_x, hi_x, k_query) if k_query is not None else None
+        info = {"amplitude": a, "phase": ph}
+        if xq is None:
+            tasks.append(SLTask(embed_inputs(x, embedding), a * np.sin(x + ph), info=info))
+        else:
+            tasks.append(SLTask(embed_inputs(x, embedding), a * np.sin(x + ph),
+                                embed_inputs(xq, embedding), a * np.sin(xq + ph), info=info))
+    return tasks

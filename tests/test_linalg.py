@@ -1,0 +1,201 @@
+"""Tests for fastmeta.linalg (dense oracle: numpy.linalg.solve)."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastmeta import linalg
+from fastmeta.linalg import SolverError, analyse, choose_method, factorize
+
+
+def random_M(n, gamma, seed=0, k=3, idx=np.int32):
+    """M = I - gamma P with a random sparse row-stochastic P (diagonal stored)."""
+    rng = np.random.default_rng(seed)
+    kk = min(k, n)
+    rows = np.repeat(np.arange(n), kk)
+    cols = np.concatenate([rng.choice(n, size=kk, replace=False) for _ in range(n)])
+    vals = rng.dirichlet(np.ones(kk), size=n).ravel()
+    P = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    M = (sp.identity(n, format="csr") - gamma * P).tocsr()
+    M = M + sp.csr_matrix((np.zeros(n), (np.arange(n), np.arange(n))), shape=(n, n))  # keep diag
+    M = sp.csr_matrix(M)
+    M.sum_duplicates()
+    M.sort_indices()
+    M.indices = M.indices.astype(idx)
+    M.indptr = M.indptr.astype(idx)
+    return M
+
+
+def grid_M(N, gamma=0.99, slip=0.1, seed=0, drift=False):
+    """Gridworld chain (4 moves, slip) under a random or drifting policy."""
+    S = N * N
+    x, y = np.divmod(np.arange(S), N)
+    moves = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    rng = np.random.default_rng(seed)
+    logits = np.tile([2.0, 0, 0, 2], (S, 1)) if drift else 3 * rng.normal(size=(S, 4))
+    pi = np.exp(logits - logits.max(1, keepdims=True))
+    pi /= pi.sum(1, keepdims=True)
+    rows, cols, vals = [], [], []
+    for a in range(4):
+        for b, (ex, ey) in enumerate(moves):
+            p = (1 - slip) * (a == b) + slip / 4
+            d = np.clip(x + ex, 0, N - 1) * N + np.clip(y + ey, 0, N - 1)
+            rows.append(np.arange(S)); cols.append(d); vals.append(pi[:, a] * p)
+    P = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(S, S))
+    P.sum_duplicates()
+    M = (sp.identity(S, format="csr") - gamma * P).tocsr()
+    M.sum_duplicates(); M.sort_indices()
+    return M
+
+
+CASES = [(1, 0.5), (2, 0.9), (7, 0.99), (40, 0.9), (150, 0.99), (600, 0.99)]
+
+
+@pytest.mark.parametrize("method", ["dense", "splu", "krylov"])
+@pytest.mark.parametrize("idx", [np.int32, np.int64])
+@pytest.mark.parametrize("n,gamma", CASES)
+def test_against_dense_oracle(method, idx, n, gamma):
+    M = random_M(n, gamma, seed=n, idx=idx)
+    A = M.toarray()
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=n)
+    f = factorize(M, method, tol=1e-12)
+    assert f.method == method
+    x, xt = f.solve(b), f.solve_transposed(b)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(xt, np.linalg.solve(A.T, b), rtol=1e-9, atol=1e-9)
+    assert x is not b and xt is not b
+
+
+@pytest.mark.parametrize("prec,drift", [("amg", False), ("amg", True), ("sgs", False),
+                                        ("sgs", True)])
+def test_krylov_grid_preconditioners(prec, drift):
+    M = grid_M(24, drift=drift)  # 576 states: AMG has >= 2 levels
+    A = M.toarray()
+    b = np.random.default_rng(2).normal(size=M.shape[0])
+    f = factorize(M, "krylov", tol=1e-10, preconditioner=prec)
+    x, xt = f.solve(b), f.solve_transposed(b)
+    assert np.linalg.norm(b - A @ x) <= 1e-10 * np.linalg.norm(b)
+    assert np.linalg.norm(b - A.T @ xt) <= 1e-10 * np.linalg.norm(b)
+    xd = np.linalg.solve(A, b)
+    np.testing.assert_allclose(x, xd, rtol=0, atol=1e-7 * np.abs(xd).max())
+    assert f.iterations > 0 and f.iterations_transposed > 0
+    assert f.residual <= 1e-10 and f.residual_transposed <= 1e-10
+
+
+def test_krylov_unpreconditioned():
+    M = grid_M(12)
+    b = np.random.default_rng(7).normal(size=M.shape[0])
+    f = factorize(M, "krylov", tol=1e-10, preconditioner="none")
+    A = M.toarray()
+    np.testing.assert_allclose(f.solve(b), np.linalg.solve(A, b), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(f.solve_transposed(b), np.linalg.solve(A.T, b), rtol=1e-7, atol=1e-8)
+    assert f.iterations > 1
+
+
+def test_plan_reuse_and_mismatch():
+    M = grid_M(20)
+    plan = analyse(M)
+    b = np.ones(M.shape[0])
+    for seed in range(3):
+        M2 = grid_M(20, seed=seed)
+        for method in ("dense", "splu", "krylov"):
+            f = factorize(M2, method, plan=plan)
+            np.testing.assert_allclose(M2 @ f.solve(b), b, atol=1e-8)
+            np.testing.assert_allclose(M2.T @ f.solve_transposed(b), b, atol=1e-8)
+    with pytest.raises(ValueError, match="pattern"):
+        factorize(random_M(400, 0.9), "krylov", plan=plan)
+
+
+def test_warm_start():
+    M = grid_M(30, drift=True)
+    b = np.random.default_rng(3).normal(size=M.shape[0])
+    f = factorize(M, "krylov", tol=1e-10, preconditioner="sgs")
+    x = f.solve(b)
+    cold = f.iterations
+    xt = f.solve_transposed(b)
+    coldt = f.iterations_transposed
+    x0 = x + 1e-6 * np.random.default_rng(4).normal(size=x.shape)
+    x2 = f.solve(b, x0=x0)
+    assert f.iterations < cold
+    np.testing.assert_allclose(x2, x, rtol=1e-7, atol=1e-9)
+    f.solve_transposed(b, x0=xt)  # exact warm start: zero iterations
+    assert f.iterations_transposed == 0 < coldt
+    # x0 is not modified
+    assert np.array_equal(x0, x0.copy())
+
+
+def test_maxiter_raises():
+    M = grid_M(30, drift=True)
+    b = np.random.default_rng(6).normal(size=M.shape[0])
+    f = factorize(M, "krylov", tol=1e-12, maxiter=3, preconditioner="sgs")
+    with pytest.raises(SolverError) as ei:
+        f.solve(b)
+    msg = str(ei.value)
+    for word in ("krylov", "3 iterations", "relative residual", "tol 1.0e-12", "maxiter", "splu"):
+        assert word in msg, word
+    with pytest.raises(SolverError, match="M\\^T"):
+        f.solve_transposed(b)
+    assert isinstance(ei.value, RuntimeError)
+
+
+@pytest.mark.parametrize("method", ["dense", "splu", "krylov"])
+@pytest.mark.parametrize("n", [1, 50])
+def test_zero_rhs(method, n):
+    M = random_M(n, 0.99)
+    f = factorize(M, method)
+    for x in (f.solve(np.zeros(n)), f.solve_transposed(np.zeros(n))):
+        assert x.shape == (n,) and not np.any(x)
+    if method == "krylov":
+        assert f.iterations == 0
+
+
+def test_choose_method():
+    assert choose_method(random_M(100, 0.9)) == "dense"
+    assert choose_method(grid_M(100)) == "splu"  # 10^4-state grid
+    assert choose_method(random_M(10_000, 0.9, k=8)) == "krylov"  # expander
+    M = random_M(10_000, 0.9, k=8)
+    assert choose_method((M.indptr, M.indices, M.shape[0])) == "krylov"
+    plan = analyse(grid_M(100))
+    assert plan.method == "splu" and choose_method(plan) == "splu"
+    assert factorize(random_M(100, 0.9)).method == "dense"
+    assert set(linalg.METHODS) == {"auto", "dense", "splu", "krylov"}
+
+
+def test_choose_method_large_is_krylov():
+    M = random_M(linalg.SPLU_MAX_N + 1, 0.9, k=2)
+    assert choose_method(M) == "krylov"
+
+
+def test_bad_inputs():
+    M = random_M(5, 0.9)
+    with pytest.raises(ValueError):
+        factorize(M, "lu")
+    f = factorize(M, "krylov")
+    with pytest.raises(ValueError):
+        f.solve(np.ones(4))
+    Mbad = sp.csr_matrix(np.array([[0.0, -0.5], [-0.5, 1.0]]))
+    Mbad.eliminate_zeros()
+    with pytest.raises(ValueError, match="diagonal"):
+        factorize(Mbad, "krylov")
+
+
+def test_thread_invariance():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 numba threads")
+    M = grid_M(40, drift=True)
+    b = np.random.default_rng(5).normal(size=M.shape[0])
+    old = numba.get_num_threads()
+    out = []
+    try:
+        for t in (1, 2):
+            numba.set_num_threads(t)
+            for prec in ("amg", "sgs"):
+                f = factorize(M, "krylov", tol=1e-10, preconditioner=prec)
+                out.append((f.solve(b), f.solve_transposed(b), f.iterations))
+    finally:
+        numba.set_num_threads(old)
+    for a, c in zip(out[:2], out[2:]):
+        assert np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]) and a[2] == c[2]
