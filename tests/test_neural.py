@@ -9,7 +9,7 @@ import pytest
 from fastmeta.neural import NeuralEnergy, TwoLayerReLU
 from fastmeta.sl import MetaSL, SLTask
 
-from . import naive_sl as naive
+from . import naive
 
 
 def test_initialisation_and_attributes():

@@ -11,7 +11,7 @@ from fastmeta.sl import MetaSL, SLTask
 from fastmeta.tasks.linear_gaussian import linear_gaussian_tasks
 from fastmeta.tasks.sinusoid import sinusoid_tasks
 
-from . import naive_sl as naive
+from . import naive
 
 
 def make_tasks(n=4, p=3, loss="squared", query=True, seed=0, counts=(3, 4, 5, 6)):
@@ -74,8 +74,8 @@ def test_linear_meta_gradient_matches_explicit_hessian(kind, query, features):
     feats, pred, jac = linear_oracle(model, raw)
     theta = np.random.default_rng(2).normal(size=meta.n_params)
     value, grad = meta.value_and_grad(theta)
-    np.testing.assert_allclose(value, naive.meta_objective(theta, feats, pred, jac, kind, 0.3), rtol=1e-12)
-    np.testing.assert_allclose(grad, naive.meta_gradient(theta, feats, pred, jac, kind, 0.3), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(value, naive.sl_meta_objective(theta, feats, pred, jac, kind, 0.3), rtol=1e-12)
+    np.testing.assert_allclose(grad, naive.sl_meta_gradient(theta, feats, pred, jac, kind, 0.3), rtol=1e-10, atol=1e-13)
     assert value == meta.objective(theta)
     assert np.array_equal(grad, meta.gradient(theta))
 
@@ -101,7 +101,7 @@ def test_first_order_matches_its_definition(kind):
     by_hand = np.mean([fo.risk_grad(fo.adapt(theta, t, steps=1), t, split="query") for t in tasks], axis=0)
     np.testing.assert_allclose(fo.gradient(theta), by_hand, rtol=1e-12, atol=1e-14)
     feats, pred, jac = linear_oracle(model, raw)
-    np.testing.assert_allclose(fo.gradient(theta), naive.meta_gradient(theta, feats, pred, jac, kind, 0.4,
+    np.testing.assert_allclose(fo.gradient(theta), naive.sl_meta_gradient(theta, feats, pred, jac, kind, 0.4,
                                                                        first_order=True), rtol=1e-10)
     assert fo.objective(theta) == exact.objective(theta)
     assert not np.allclose(fo.gradient(theta), exact.gradient(theta))
@@ -162,8 +162,8 @@ def test_relu_meta_gradient_matches_oracle_and_finite_differences(kind, query):
     pred = lambda th, X: naive.relu_predict(th.reshape(7, 3), net.b, X)       # noqa: E731
     jac = lambda th, X: naive.relu_jacobian(th.reshape(7, 3), net.b, X)       # noqa: E731
     value, grad = meta.value_and_grad(W)
-    np.testing.assert_allclose(value, naive.meta_objective(W, raw, pred, jac, kind, 0.5), rtol=1e-12)
-    np.testing.assert_allclose(grad, naive.meta_gradient(W, raw, pred, jac, kind, 0.5), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(value, naive.sl_meta_objective(W, raw, pred, jac, kind, 0.5), rtol=1e-12)
+    np.testing.assert_allclose(grad, naive.sl_meta_gradient(W, raw, pred, jac, kind, 0.5), rtol=1e-10, atol=1e-13)
     # Finite differences are valid only if no pre-activation crosses zero within eps.
     eps = 1e-6
     assert _min_margin(net, W, tasks, 0.5, meta) > 100 * eps
