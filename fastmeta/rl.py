@@ -136,6 +136,11 @@ class TaskTrace:
     grad_energy: np.ndarray | None = None
 
 
+def _solve_columns(solve: Any, B: np.ndarray) -> np.ndarray:
+    """Apply ``solve`` to every column of B (S, k)."""
+    return np.column_stack([solve(np.ascontiguousarray(B[:, j])) for j in range(B.shape[1])])
+
+
 class MetaRL:
     """Meta-RL objective (3.4), its exact gradient, and Algorithm 1.
 
@@ -238,11 +243,7 @@ class MetaRL:
         if i >= len(self.tasks):
             raise ValueError(f"The 'task' parameter of {_OWNER} must be < {len(self.tasks)}. Got {i} instead.")
         f = self.model.energy(theta)
-        pi = self._main_policy(f)
-        task_i = self.tasks[i]
-        pattern = self._task_pattern[i]
-        fac = self._factorize(pattern, task_i.P, pi, task_i.gamma)
-        return self._task(task_i, pattern, f, pi, fac, want_grad=True, keep=True)
+        return self._group([i], f, self._main_policy(f), want_grad=True, keep=True)[0]
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
@@ -323,73 +324,89 @@ class MetaRL:
         self._tick("energy")
         total = 0.0
         grad = np.zeros_like(f) if want_grad else None
-        n = len(self.tasks)
         for group in self._groups:
-            first = self.tasks[group[0]]
-            pattern = self._task_pattern[group[0]]
-            fac = self._factorize(pattern, first.P, pi, first.gamma)
-            for i in group:
-                tr = self._task(self.tasks[i], pattern, f, pi, fac, want_grad, keep=False, grad_out=grad)
-                total += tr.J_i
-            del fac
+            for trace in self._group(group, f, pi, want_grad, keep=False, grad_out=grad):
+                total += trace.J_i
         if want_grad:
-            grad /= n
-        return total / n, grad, None
+            grad /= len(self.tasks)
+        return total / len(self.tasks), grad, None
 
-    def _task(self, task: TabularMDP, pattern: PolicyPattern, f: np.ndarray, pi: np.ndarray,
-              fac: Any, want_grad: bool, keep: bool, grad_out: np.ndarray | None = None) -> TaskTrace:
-        P, gamma, S = task.P, task.gamma, task.n_states
+    def _group(self, group: list[int], f: np.ndarray, pi: np.ndarray, want_grad: bool, keep: bool,
+               grad_out: np.ndarray | None = None) -> list[TaskTrace]:
+        """All tasks sharing one kernel and discount: one main-effect factorisation.
+
+        The main effect's forward solves (V of every task) and transposed solves
+        (the adjoint states xi_i) share M, so they run as one multi-column solve
+        each; the adapted policies' systems are per task, and their forward solve
+        is warm-started from the main effect's values (pi_i is one PPO step from pi).
+        """
+        tasks = [self.tasks[i] for i in group]
+        first, pattern = tasks[0], self._task_pattern[group[0]]
+        P, gamma, S = first.P, first.gamma, first.n_states
+        fac = self._factorize(pattern, P, pi, gamma)
+        R = np.empty((S, len(tasks)))
         r_pi = np.empty(S)
-        _k.policy_average(pi, task.r, r_pi)
+        for j, task in enumerate(tasks):
+            _k.policy_average(pi, task.r, r_pi)
+            R[:, j] = r_pi
         self._tick("kernels")
-        V = fac.solve(r_pi)
-        V *= 1.0 - gamma
+        U = _solve_columns(fac.solve, R)  # U = M^{-1} r_pi: V / (1 - gamma)
         self._tick("solve")
-        Q = np.empty_like(f)
-        _k.bellman_q(P.indptr, P.indices, P.data, task.r, V, gamma, Q)
-        pi_i = np.empty_like(f)
-        _k.softmax_policy(f, 1.0 / self.tau, Q, self.eta, pi_i)
-        self._tick("kernels")
-        fac_i = self._factorize(pattern, P, pi_i, gamma)
-        _k.policy_average(pi_i, task.r, r_pi)
-        self._tick("kernels")
-        V_i = fac_i.solve(r_pi)
-        V_i *= 1.0 - gamma
-        self._tick("solve")
-        J_i = _k.chunked_dot(task.init, V_i)
-        A = np.empty_like(f)
-        _k.advantage(Q, V, A)
-        trace = TaskTrace(pi=pi, V=V, Q=Q, A=A, pi_i=pi_i, V_i=V_i, J_i=J_i)
-        self._tick("kernels")
-        if not want_grad:
-            return trace
-        Q_i = np.empty_like(f)
-        _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
-        A_i = np.empty_like(f)
-        _k.advantage(Q_i, V_i, A_i)
-        self._tick("kernels")
-        nu_i = fac_i.solve_transposed(task.init)
-        nu_i *= 1.0 - gamma
-        self._tick("solve transposed")
-        del fac_i
-        sigma_i = np.empty_like(f)
-        _k.scale_rows(nu_i, pi_i, sigma_i)
-        weighted = sigma_i * A_i
+        traces = []
+        MU = np.empty((S, len(tasks))) if want_grad else None  # mu_i = P^T (sigma_i A_i)
         mu_i = np.empty(S)
-        _k.kernel_transpose_apply(P.indptr, P.indices, P.data, weighted, mu_i)
-        self._tick("kernels")
-        xi_i = fac.solve_transposed(mu_i)
-        xi_i *= 1.0 - gamma
+        for j, task in enumerate(tasks):
+            V = U[:, j] * (1.0 - gamma)
+            Q = np.empty_like(f)
+            _k.bellman_q(P.indptr, P.indices, P.data, task.r, V, gamma, Q)
+            pi_i = np.empty_like(f)
+            _k.softmax_policy(f, 1.0 / self.tau, Q, self.eta, pi_i)
+            self._tick("kernels")
+            fac_i = self._factorize(pattern, P, pi_i, gamma)
+            _k.policy_average(pi_i, task.r, r_pi)
+            self._tick("kernels")
+            V_i = fac_i.solve(r_pi, x0=U[:, j])
+            V_i *= 1.0 - gamma
+            self._tick("solve")
+            A = np.empty_like(f)
+            _k.advantage(Q, V, A)
+            trace = TaskTrace(pi=pi, V=V, Q=Q, A=A, pi_i=pi_i, V_i=V_i, J_i=_k.chunked_dot(task.init, V_i))
+            traces.append(trace)
+            self._tick("kernels")
+            if not want_grad:
+                continue
+            Q_i = np.empty_like(f)
+            _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
+            A_i = np.empty_like(f)
+            _k.advantage(Q_i, V_i, A_i)
+            self._tick("kernels")
+            nu_i = fac_i.solve_transposed(task.init)
+            nu_i *= 1.0 - gamma
+            self._tick("solve transposed")
+            del fac_i
+            sigma_i = np.empty_like(f)
+            _k.scale_rows(nu_i, pi_i, sigma_i)
+            weighted = sigma_i * A_i
+            _k.kernel_transpose_apply(P.indptr, P.indices, P.data, weighted, mu_i)
+            MU[:, j] = mu_i
+            trace.grad_energy = np.zeros_like(f) if (keep or grad_out is None) else grad_out
+            _k.add_own_term(sigma_i, A_i, 1.0 / ((1.0 - gamma) * self.tau), trace.grad_energy)
+            if keep:
+                trace.Q_i, trace.A_i, trace.nu_i, trace.sigma_i = Q_i, A_i, nu_i, sigma_i
+            self._tick("kernels")
+        if not want_grad:
+            return traces
+        XI = _solve_columns(fac.solve_transposed, MU)  # xi_i = (1-gamma) M^{-T} mu_i
+        XI *= 1.0 - gamma
         self._tick("solve transposed")
-        c_own = 1.0 / ((1.0 - gamma) * self.tau)
         c_meta = self.eta * gamma / ((1.0 - gamma) ** 2 * self.tau)
-        target = np.zeros_like(f) if (keep or grad_out is None) else grad_out
-        _k.accumulate_energy_grad(sigma_i, A_i, xi_i, pi, A, c_own, c_meta, target)
-        if keep:
-            trace.Q_i, trace.A_i, trace.nu_i, trace.sigma_i, trace.xi_i = Q_i, A_i, nu_i, sigma_i, xi_i
-            trace.grad_energy = target
+        for j, trace in enumerate(traces):
+            xi_i = np.ascontiguousarray(XI[:, j])
+            _k.add_meta_term(xi_i, pi, trace.A, c_meta, trace.grad_energy)
+            if keep:
+                trace.xi_i = xi_i
         self._tick("kernels")
-        return trace
+        return traces
 
     def _tag(self, lr: StepSize) -> str:
         tag_fn = getattr(self.model, "tag", None)

@@ -182,12 +182,21 @@ def chunked_dot(x, y):
 
 
 @sized
-def accumulate_energy_grad(sigma_i, adv_i, xi, pi, adv, c_own, c_meta, out):
-    """out(s, a) += c_own sigma_i A_i + c_meta xi(s) pi(a|s) A(s, a)  (ERRATA section 4)."""
+def add_own_term(sigma_i, adv_i, c, out):
+    """out(s, a) += c sigma_i(s, a) A_i(s, a): the adapted policy's own term (ERRATA section 4)."""
+    S, A = sigma_i.shape
+    for s in prange(S):
+        for a in range(A):
+            out[s, a] += c * sigma_i[s, a] * adv_i[s, a]
+
+
+@sized
+def add_meta_term(xi, pi, adv, c, out):
+    """out(s, a) += c xi(s) pi(a|s) A(s, a): the term through the inner step (ERRATA section 4)."""
     S, A = pi.shape
     for s in prange(S):
         for a in range(A):
-            out[s, a] += c_own * sigma_i[s, a] * adv_i[s, a] + c_meta * xi[s] * pi[s, a] * adv[s, a]
+            out[s, a] += c * xi[s] * pi[s, a] * adv[s, a]
 
 
 @sized
