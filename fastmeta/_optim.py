@@ -89,8 +89,8 @@ def make_schedule(lr: StepSize, owner: str) -> Callable[[int], float]:
 class _Progress:
     """A one-line progress display on stderr (no dependency), at most ~10 updates/s."""
 
-    def __init__(self, total: int, enabled: bool, label: str):
-        self.total, self.enabled, self.label = total, enabled, label
+    def __init__(self, total: int, enabled: bool, label: str, first: int = 0):
+        self.total, self.enabled, self.label, self.first = total, enabled, label, first
         self.start = time.perf_counter()
         self.last = 0.0
 
@@ -103,7 +103,7 @@ class _Progress:
         self.last = now
         done = step / self.total if self.total else 1.0
         bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
-        rate = (now - self.start) / max(step, 1)
+        rate = (now - self.start) / max(step - self.first, 1)
         sys.stderr.write(f"\r{self.label} [{bar}] {step}/{self.total} L={value:.6g} "
                          f"|grad|={gnorm:.3g} {rate:.3g}s/it")
         sys.stderr.flush()
@@ -170,10 +170,10 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
         theta, objective, grad_norm = state["theta"], state["objective"], state["grad_norm"]
 
     sign = 1.0 if maximize else -1.0
-    bar = _Progress(steps, progress, owner)
+    step = len(objective)
+    bar = _Progress(steps, progress, owner, first=step)
     start = time.perf_counter()
     converged = False
-    step = len(objective)
     try:
         while step < steps:
             value, grad = value_and_grad(theta)
