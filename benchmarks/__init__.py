@@ -1,0 +1,1 @@
+"""Benchmark suites of fastmeta (asv and pytest-benchmark); see README.md."""

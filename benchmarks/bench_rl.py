@@ -1,0 +1,212 @@
+"""asv benchmarks of the exact meta-RL gradient (fastmeta.MetaRL) and of its baselines.
+
+Problems are those of :mod:`benchmarks.rl_problems` (gridworld goal families, RL^2
+random MDPs; A = 4, n = 4 tasks, d = 32, gamma = 0.99, theta = 0.5 N(0, I)).
+Construction of MetaRL (the symbolic analysis) happens in ``setup`` and is not
+timed; ``setup`` also calls the timed function once, so numba compilation (or
+cache loading) and lazily built solver plans are outside the measurement.
+``peakmem_*`` is asv's peak RSS of the benchmark process, i.e. including the
+problem's P and phi and the setup's warm-up call.
+
+Classes
+-------
+GridworldRL          fastmeta, gridworld 10^4, 10^5 states
+GridworldRLHuge      fastmeta, gridworld 10^6 states (long timeout, 1 round, few repeats)
+RandomMDPRL          fastmeta, RL^2 random MDPs 10^5 states
+ScipyBaselineRL      plain SciPy splu baseline, gridworld 10^4, 10^5
+DenseRL              fastmeta vs jax.grad vs torch.autograd (dense), gridworld S = 100, 400, 1600
+ColdStart            import fastmeta + first gradient in a fresh interpreter (numba cache warm / empty)
+"""
+from __future__ import annotations
+
+from . import rl_problems as rp
+from .baselines import problem_arrays, scipy_rl
+
+
+def _ratio(meta, theta, repeats=3):
+    tg = rp.median(rp.timeit(lambda: meta.gradient(theta), repeats))
+    to = rp.median(rp.timeit(lambda: meta.objective(theta), repeats))
+    return tg / to
+
+
+class _FastmetaRL:
+    """time/peakmem/track of one fastmeta problem; subclasses set the family and sizes."""
+
+    family = "grid"
+    number = 1           # one gradient per sample
+    warmup_time = 0.0    # setup already warmed up
+    param_names = ["n_states"]
+
+    def setup(self, n_states):
+        tasks, phi = rp.PROBLEMS[self.family](n_states)
+        self.meta = rp.fastmeta_model(tasks, phi)
+        self.theta = rp.theta0()
+        self.meta.value_and_grad(self.theta)   # compile / load kernels, build lazy plans
+        self.meta.objective(self.theta)
+
+    def time_gradient(self, n_states):
+        self.meta.gradient(self.theta)
+
+    def time_objective(self, n_states):
+        self.meta.objective(self.theta)
+
+    def peakmem_gradient(self, n_states):
+        self.meta.gradient(self.theta)
+
+    def track_grad_over_objective(self, n_states):
+        return _ratio(self.meta, self.theta)
+
+    track_grad_over_objective.unit = "ratio"
+
+
+class GridworldRL(_FastmetaRL):
+    family = "grid"
+    params = [10_000, 100_000]
+    repeat = (3, 10, 30.0)
+    rounds = 2
+    timeout = 900
+
+
+class GridworldRLHuge(_FastmetaRL):
+    """10^6 states: P + phi take about 2 GB and one gradient tens of seconds."""
+
+    family = "grid"
+    params = [1_000_000]
+    repeat = (1, 3, 120.0)
+    rounds = 1
+    timeout = 3600
+
+    def track_grad_over_objective(self, n_states):
+        return _ratio(self.meta, self.theta, repeats=1)
+
+    track_grad_over_objective.unit = "ratio"
+
+
+class RandomMDPRL(_FastmetaRL):
+    family = "random"
+    params = [100_000]
+    repeat = (3, 10, 30.0)
+    rounds = 2
+    timeout = 900
+
+
+class ScipyBaselineRL:
+    """The plain SciPy baseline (splu, MMD_AT_PLUS_A) on the same gridworlds."""
+
+    number = 1
+    warmup_time = 0.0
+    params = [10_000, 100_000]
+    param_names = ["n_states"]
+    repeat = (3, 10, 60.0)
+    rounds = 1
+    timeout = 1800
+
+    def setup(self, n_states):
+        tasks, phi = rp.gridworld(n_states)
+        self.prob = problem_arrays(tasks, phi)
+        self.theta = rp.theta0()
+        scipy_rl.value_and_grad(self.theta, self.prob, rp.TAU, rp.ETA, method="splu")
+
+    def time_gradient(self, n_states):
+        scipy_rl.value_and_grad(self.theta, self.prob, rp.TAU, rp.ETA, method="splu")
+
+    def time_objective(self, n_states):
+        scipy_rl.objective(self.theta, self.prob, rp.TAU, rp.ETA, method="splu")
+
+    def peakmem_gradient(self, n_states):
+        scipy_rl.value_and_grad(self.theta, self.prob, rp.TAU, rp.ETA, method="splu")
+
+
+class DenseRL:
+    """fastmeta (solver "auto") beside dense reverse-mode autodiff in JAX and PyTorch.
+
+    A framework that is not installed raises NotImplementedError in setup, which asv
+    reports as skipped (n/a).
+    """
+
+    number = 1
+    warmup_time = 0.0
+    params = [["fastmeta", "scipy", "jax", "torch"], [100, 400, 1600]]
+    param_names = ["impl", "n_states"]
+    repeat = (5, 20, 20.0)
+    rounds = 2
+    timeout = 600
+
+    def setup(self, impl, n_states):
+        tasks, phi = rp.gridworld(n_states)
+        self.theta = rp.theta0()
+        if impl == "fastmeta":
+            meta = rp.fastmeta_model(tasks, phi)
+            self.grad, self.obj = meta.gradient, meta.objective
+        elif impl == "scipy":
+            prob = problem_arrays(tasks, phi)
+            self.grad = lambda th: scipy_rl.gradient(th, prob, rp.TAU, rp.ETA)
+            self.obj = lambda th: scipy_rl.objective(th, prob, rp.TAU, rp.ETA)
+        else:
+            try:
+                if impl == "jax":
+                    from .baselines.jax_rl import JaxMetaRL as Model
+                else:
+                    from .baselines.torch_rl import TorchMetaRL as Model
+            except ImportError:  # pragma: no cover - the module itself imports nothing
+                raise NotImplementedError(impl)
+            try:
+                model = Model(problem_arrays(tasks, phi), tau=rp.TAU, eta=rp.ETA)
+            except ImportError:
+                raise NotImplementedError(f"{impl} is not installed")
+            self.grad, self.obj = model.gradient, model.objective
+        self.grad(self.theta)   # compile (numba / jax.jit) outside the timing
+        self.obj(self.theta)
+
+    def time_gradient(self, impl, n_states):
+        self.grad(self.theta)
+
+    def time_objective(self, impl, n_states):
+        self.obj(self.theta)
+
+    def peakmem_gradient(self, impl, n_states):
+        self.grad(self.theta)
+
+
+_COLD_START = """
+import os, shutil, sys, tempfile
+sys.path.insert(0, {root!r})
+cache = tempfile.mkdtemp(prefix="fastmeta-bench-numba-") if {fresh_cache} else None
+if cache:
+    os.environ["NUMBA_CACHE_DIR"] = cache
+import numpy as np
+import fastmeta
+tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=4, size=100, slip=0.1, gamma=0.99, features="rbf",
+                                            n_features=32, seed=0)
+meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0)
+meta.gradient(0.5 * np.random.default_rng(0).standard_normal(32))
+if cache:
+    shutil.rmtree(cache, ignore_errors=True)
+"""
+
+
+def _fastmeta_root():
+    """The directory holding the fastmeta package this benchmark process imports."""
+    import os
+
+    import fastmeta
+    return os.path.dirname(os.path.dirname(os.path.abspath(fastmeta.__file__)))
+
+
+class ColdStart:
+    """``import fastmeta`` + build a 10^4-state gridworld + first gradient, in a new interpreter.
+
+    "cached": numba's on-disk cache as left by earlier runs (what a user sees from the
+    second session on); "empty_cache": NUMBA_CACHE_DIR points to a new empty directory
+    (numba looks there before ``__pycache__``), so every kernel used is compiled, as on the
+    first use after an install. The subprocess imports the same fastmeta as this process.
+    """
+
+    params = ["cached", "empty_cache"]
+    param_names = ["numba_cache"]
+    repeat = (3, 5, 120.0)
+    rounds = 1
+    timeout = 600
+
+    def timeraw_import_and_first_gradient(self, numba_cache):
+        return _COLD_START.format(root=_fastmeta_root(), fresh_cache=numba_cache == "empty_cache")

@@ -1,0 +1,183 @@
+"""Solver study for fastmeta.linalg: M = I - gamma P_pi on gridworlds and RL^2-style random MDPs.
+
+Usage: python benchmarks/solver_study.py [section ...]
+sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds for choose_method)
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from fastmeta import linalg
+
+
+def gridworld(N, slip=0.1, A=4):
+    S = N * N
+    x, y = np.divmod(np.arange(S), N)
+    moves = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    rows, cols, vals = [], [], []
+    for a in range(A):
+        for b, (ex, ey) in enumerate(moves):
+            p = (1 - slip) * (a == b) + slip / 4
+            d = np.clip(x + ex, 0, N - 1) * N + np.clip(y + ey, 0, N - 1)
+            rows.append(np.arange(S) * A + a); cols.append(d); vals.append(np.full(S, p))
+    P = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(S * A, S))
+    P.sum_duplicates()
+    return P
+
+
+def random_mdp(S, A=4, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(S * A), k)
+    cols = rng.integers(0, S, size=S * A * k)
+    vals = rng.dirichlet(np.ones(k), size=S * A).ravel()
+    P = sp.csr_matrix((vals, (rows, cols)), shape=(S * A, S))
+    P.sum_duplicates()
+    return P
+
+
+def policies(S, A, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, logits in [("uniform", np.zeros((S, A))), ("random3", rng.normal(size=(S, A)) * 3),
+                         ("drift", np.tile([2.0, 0, 0, 2], (S, 1)))]:
+        pi = np.exp(logits - logits.max(1, keepdims=True)); pi /= pi.sum(1, keepdims=True)
+        out[name] = pi
+    return out
+
+
+def build_M(P, pi, gamma):
+    S, A = pi.shape
+    Pi = sp.csr_matrix((pi.ravel(), np.arange(S * A), np.arange(0, S * A + 1, A)), shape=(S, S * A))
+    Ppi = (Pi @ P).tocsr()
+    M = (sp.identity(S, format="csr") - gamma * Ppi).tocsr()
+    M.sum_duplicates(); M.sort_indices()
+    return M
+
+
+def krylov_run(M, plan, tol, prec="auto", restart=30):
+    n = M.shape[0]
+    b = np.random.default_rng(1).normal(size=n)
+    t0 = time.perf_counter()
+    f = linalg.factorize(M, "krylov", tol=tol, plan=plan, preconditioner=prec, restart=restart)
+    t1 = time.perf_counter()
+    x = f.solve(b)
+    t2 = time.perf_counter()
+    xt = f.solve_transposed(b)
+    t3 = time.perf_counter()
+    rel = np.linalg.norm(b - M @ x) / np.linalg.norm(b)
+    relt = np.linalg.norm(b - M.T @ xt) / np.linalg.norm(b)
+    return dict(setup=t1 - t0, solve=t2 - t1, solveT=t3 - t2, its=f.iterations, itsT=f.iterations_transposed,
+                rel=rel, relT=relt)
+
+
+def grid_section(Ns, tols=(1e-8, 1e-10), precs=("amg",), gamma=0.99):
+    rows = []
+    for N in Ns:
+        P = gridworld(N)
+        pis = policies(N * N, 4)
+        plan = None
+        for pname, pi in pis.items():
+            t0 = time.perf_counter(); M = build_M(P, pi, gamma); tb = time.perf_counter() - t0
+            if plan is None:
+                t0 = time.perf_counter(); plan = linalg.analyse(M); ta = time.perf_counter() - t0
+                print(f"# N={N} n={N*N}: analyse {ta:.2f}s", flush=True)
+            for prec in precs:
+                for tol in tols:
+                    r = krylov_run(M, plan, tol, prec)
+                    row = (f"| grid {N}x{N} | {pname} | {prec} | {tol:.0e} | {tb:.2f} | {r['setup']:.3f} | "
+                           f"{r['solve']:.3f} ({r['its']}) | {r['solveT']:.3f} ({r['itsT']}) | "
+                           f"{max(r['rel'], r['relT']):.1e} |")
+                    print(row, flush=True); rows.append(row)
+    return rows
+
+
+def best_of(fn, reps=3):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def auto_section():
+    """Time factorize + solve + solve_transposed for each method at small/moderate n."""
+    rows = []
+    for kind in ("grid", "random"):
+        for n_target in (100, 300, 1000, 3000, 10_000, 30_000, 100_000):
+            if kind == "grid":
+                N = int(round(n_target ** 0.5)); P = gridworld(N); S = N * N
+            else:
+                S = n_target; P = random_mdp(S)
+            M = build_M(P, policies(S, 4)["random3"], 0.99)
+            plan = linalg.analyse(M)
+            b = np.ones(S)
+            res = {}
+            for method in ("dense", "splu", "krylov"):
+                if method == "dense" and S > 3000:
+                    res[method] = "-"; continue
+                if method == "splu" and kind == "random" and S > 30_000:
+                    res[method] = "-"; continue
+                def run():
+                    f = linalg.factorize(M, method, plan=plan, tol=1e-10)
+                    f.solve(b); f.solve_transposed(b)
+                    return f
+                res[method] = f"{best_of(run, 3 if S <= 30000 else 1) * 1e3:.1f}"
+            fill = "-"
+            if S <= 30_000 or kind == "grid":
+                lu = linalg.SpluFactorization(M)._lu
+                fill = f"{(lu.L.nnz + lu.U.nnz) / M.nnz:.0f}"
+            bw = plan.bandwidth if S <= 100_000 else -1
+            row = (f"| {kind} | {S} | {M.nnz / S:.1f} | {bw} ({bw / S ** 0.5:.1f} sqrt n) | {fill} | "
+                   f"{res['dense']} | {res['splu']} | {res['krylov']} | {choose_method_str(M)} |")
+            print(row, flush=True); rows.append(row)
+    return rows
+
+
+def choose_method_str(M):
+    return linalg.choose_method(M)
+
+
+def rl2_section(S=100_000, tols=(1e-8, 1e-10)):
+    P = random_mdp(S)
+    plan = None
+    for pname, pi in policies(S, 4).items():
+        t0 = time.perf_counter(); M = build_M(P, pi, 0.99); tb = time.perf_counter() - t0
+        plan = plan or linalg.analyse(M)
+        for prec in ("amg", "sgs"):
+            for tol in tols:
+                r = krylov_run(M, plan, tol, prec)
+                print(f"| RL2 {S} | {pname} | {prec} | {tol:.0e} | {tb:.2f} | {r['setup']:.3f} | "
+                      f"{r['solve']:.3f} ({r['its']}) | {r['solveT']:.3f} ({r['itsT']}) | "
+                      f"{max(r['rel'], r['relT']):.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    import numba
+    sec = sys.argv[1:] or ["grid"]
+    if "warm" in sec:
+        grid_section([10], tols=(1e-8,), precs=("amg", "sgs", "none"))
+    print("numba", numba.__version__, "threads", numba.get_num_threads())
+    if "grid" in sec:
+        grid_section([316], precs=("amg", "sgs"))
+    if "grid6" in sec:
+        grid_section([1000], precs=("amg",))
+    if "rl2" in sec:
+        rl2_section()
+    if "auto" in sec:
+        auto_section()
+    if "tune" in sec:
+        N = int(sec[sec.index("tune") + 1])
+        P = gridworld(N); pis = policies(N * N, 4)
+        Ms = {k: build_M(P, v, 0.99) for k, v in pis.items()}
+        plan = linalg.analyse(Ms["uniform"])
+        for k, M in Ms.items():
+            f = linalg.factorize(M, "krylov", plan=plan)
+            print(k, [(lv.n, lv.indices.shape[0]) for lv in f._hier.levels])
+        for ns, cyc in [(1, 1), (2, 1), (1, 2), (2, 2)]:
+            linalg.AMG_NSWEEP, linalg.AMG_GAMMA = ns, cyc
+            for k, M in Ms.items():
+                r = krylov_run(M, plan, 1e-10)
+                print(ns, cyc, k, f"setup {r['setup']:.3f} solve {r['solve']:.3f} ({r['its']}) T {r['solveT']:.3f} ({r['itsT']})", flush=True)
