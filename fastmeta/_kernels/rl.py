@@ -78,12 +78,7 @@ def count_policy_pattern(indptr, indices, S, A, counts):
     for c in prange(N_CHUNKS):
         lo = c * S // N_CHUNKS
         hi = (c + 1) * S // N_CHUNKS
-        width = 1
-        for s in range(lo, hi):
-            w = indptr[(s + 1) * A] - indptr[s * A] + 1
-            if w > width:
-                width = w
-        buf = np.empty(width, dtype=np.int64)
+        buf = np.empty(_widest_state(indptr, lo, hi, A), dtype=np.int64)
         for s in range(lo, hi):
             counts[s] = _merge_columns(indptr, indices, s, A, buf)
 
@@ -98,12 +93,7 @@ def fill_policy_pattern(indptr, indices, S, A, m_indptr, m_indices, nnz_map, dia
     for c in prange(N_CHUNKS):
         lo = c * S // N_CHUNKS
         hi = (c + 1) * S // N_CHUNKS
-        width = 1
-        for s in range(lo, hi):
-            w = indptr[(s + 1) * A] - indptr[s * A] + 1
-            if w > width:
-                width = w
-        buf = np.empty(width, dtype=np.int64)
+        buf = np.empty(_widest_state(indptr, lo, hi, A), dtype=np.int64)
         for s in range(lo, hi):
             n = _merge_columns(indptr, indices, s, A, buf)
             start = m_indptr[s]
@@ -113,6 +103,17 @@ def fill_policy_pattern(indptr, indices, S, A, m_indptr, m_indices, nnz_map, dia
                     diag_pos[s] = start + j
             for k in range(indptr[s * A], indptr[(s + 1) * A]):
                 nnz_map[k] = start + _find(buf, n, indices[k])
+
+
+@jit
+def _widest_state(indptr, lo, hi, A):
+    """Largest number of stored entries over the A rows of a state in [lo, hi), plus one."""
+    width = 1
+    for s in range(lo, hi):
+        w = indptr[(s + 1) * A] - indptr[s * A] + 1
+        if w > width:
+            width = w
+    return width
 
 
 @jit
