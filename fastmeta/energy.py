@@ -7,6 +7,7 @@ every parameterisation (linear here, the two-layer network in
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -81,7 +82,7 @@ class LinearEnergy:
 
     def tag(self) -> str:
         """A short description used to match checkpoints to problems."""
-        return f"LinearEnergy{self.phi.shape}:{float(np.sum(self.phi)):.17g}"
+        return f"{self!r}#phi{hashlib.sha1(self.phi.tobytes()).hexdigest()[:12]}"
 
     def __repr__(self) -> str:
         return f"LinearEnergy(S={self.n_states}, A={self.n_actions}, d={self.n_params})"
