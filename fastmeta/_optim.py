@@ -16,7 +16,7 @@ from typing import Callable, Union
 
 import numpy as np
 
-from ._validation import check_int, check_real_scalar
+from ._validation import check_choice, check_int, check_real_scalar
 
 StepSize = Union[float, str, Callable[[int], float]]
 
@@ -114,19 +114,47 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _save_checkpoint(path: str, theta: np.ndarray, objective: list, grad_norm: list, tag: str) -> None:
+OPTIMIZERS = ("gd", "adam")
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class _Adam:
+    """Adam (Kingma and Ba) moments; the state is part of every checkpoint."""
+
+    def __init__(self, size: int):
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+
+    def direction(self, grad: np.ndarray, step: int) -> np.ndarray:
+        b1, b2 = ADAM_BETAS
+        self.m = b1 * self.m + (1.0 - b1) * grad
+        self.v = b2 * self.v + (1.0 - b2) * grad * grad
+        m_hat = self.m / (1.0 - b1 ** (step + 1))
+        v_hat = self.v / (1.0 - b2 ** (step + 1))
+        return m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+
+
+def _save_checkpoint(path: str, theta: np.ndarray, objective: list, grad_norm: list, tag: str,
+                     adam: _Adam | None) -> None:
     # Write to a temporary file and rename, so a crash mid-write never leaves a torn checkpoint.
     tmp = f"{path}.tmp-{os.getpid()}.npz"
+    extra = {} if adam is None else {"adam_m": adam.m, "adam_v": adam.v}
     np.savez(tmp, theta=theta, objective=np.asarray(objective, dtype=np.float64),
-             grad_norm=np.asarray(grad_norm, dtype=np.float64), tag=np.asarray(tag))
+             grad_norm=np.asarray(grad_norm, dtype=np.float64), tag=np.asarray(tag), **extra)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by ``fit``: theta, objective and grad_norm histories, tag."""
+    """Read a checkpoint written by ``fit``: theta, objective and grad_norm histories, tag
+    (and the Adam moments ``adam_m``, ``adam_v`` when the run used Adam)."""
     with np.load(os.fspath(path), allow_pickle=False) as data:
-        return {"theta": data["theta"].copy(), "objective": list(data["objective"]),
-                "grad_norm": list(data["grad_norm"]), "tag": str(data["tag"])}
+        state = {"theta": data["theta"].copy(), "objective": list(data["objective"]),
+                 "grad_norm": list(data["grad_norm"]), "tag": str(data["tag"])}
+        for key in ("adam_m", "adam_v"):
+            if key in data:
+                state[key] = data[key].copy()
+        return state
 
 
 def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
@@ -134,18 +162,24 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
                         tol: float = 0.0, project: Callable[[np.ndarray], np.ndarray] | None = None,
                         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                         resume: bool | str | os.PathLike = False, progress: bool = True,
-                        tag: str = "", owner: str = "fit") -> FitResult:
+                        optimizer: str = "gd", tag: str = "", owner: str = "fit") -> FitResult:
     """Run ``steps`` gradient steps in total (counting resumed ones) from ``theta0``.
 
-    ``resume`` may be True (continue from ``checkpoint`` if that file exists) or a
-    path. ``tag`` describes the problem and the settings; resuming a checkpoint
-    written with a different tag is refused, because it would silently mix runs.
+    ``optimizer="gd"`` is the plain update of (3.5)/(4.5), theta +- alpha_l grad;
+    ``"adam"`` replaces grad by Adam's bias-corrected ratio of moments (betas 0.9,
+    0.999, eps 1e-8), whose state is checkpointed with theta. ``resume`` may be True
+    (continue from ``checkpoint`` if that file exists) or a path. ``tag`` describes
+    the problem and the settings; resuming a checkpoint written with a different
+    tag is refused, because it would silently mix runs.
     """
     steps = check_int(steps, "steps", owner, low=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", owner, low=1)
     tol = check_real_scalar(tol, "tol", owner, low=0.0, low_open=False)
+    optimizer = check_choice(optimizer, "optimizer", OPTIMIZERS, owner)
     schedule = make_schedule(lr, owner)
+    tag = f"{tag}|optimizer={optimizer}"
     theta = np.array(theta0, dtype=np.float64, copy=True)
+    adam = _Adam(theta.size) if optimizer == "adam" else None
     objective: list[float] = []
     grad_norm: list[float] = []
 
@@ -168,6 +202,8 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
             raise ValueError(f"The checkpoint {resume_path!r} holds parameters of shape "
                              f"{state['theta'].shape}; expected {theta.shape}.")
         theta, objective, grad_norm = state["theta"], state["objective"], state["grad_norm"]
+        if adam is not None:
+            adam.m, adam.v = state["adam_m"], state["adam_v"]
 
     sign = 1.0 if maximize else -1.0
     step = len(objective)
@@ -186,18 +222,19 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
             if gnorm <= tol:
                 converged = True
                 break
-            theta = theta + sign * schedule(step) * grad
+            direction = grad if adam is None else adam.direction(grad, step)
+            theta = theta + sign * schedule(step) * direction
             if project is not None:
                 theta = project(theta)
             step += 1
             bar.update(step, value, gnorm)
             if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
-                _save_checkpoint(os.fspath(checkpoint), theta, objective, grad_norm, tag)
+                _save_checkpoint(os.fspath(checkpoint), theta, objective, grad_norm, tag, adam)
     finally:
         if objective:
             bar.update(step, objective[-1], grad_norm[-1], force=True)
         bar.close()
     if checkpoint is not None and converged:
-        _save_checkpoint(os.fspath(checkpoint), theta, objective, grad_norm, tag)
+        _save_checkpoint(os.fspath(checkpoint), theta, objective, grad_norm, tag, adam)
     return FitResult(theta=theta, objective=np.asarray(objective), grad_norm=np.asarray(grad_norm),
                      steps=len(objective), converged=converged, seconds=time.perf_counter() - start)

@@ -247,7 +247,8 @@ class MetaRL:
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
-            resume: bool | str | os.PathLike = False, progress: bool = True) -> FitResult:
+            resume: bool | str | os.PathLike = False, progress: bool = True,
+            optimizer: str = "gd") -> FitResult:
         """Algorithm 1: gradient ascent theta_{l+1} = theta_l + alpha_l grad L(theta_l).
 
         Parameters
@@ -268,6 +269,9 @@ class MetaRL:
             that file. The result is identical to an uninterrupted run.
         progress : bool
             Show a progress line on stderr.
+        optimizer : {"gd", "adam"}
+            "gd" is Algorithm 1 exactly; "adam" uses Adam's rescaled direction
+            (its moments are checkpointed too).
 
         Returns
         -------
@@ -278,7 +282,7 @@ class MetaRL:
         return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
                                    project=self.model.project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                                   tag=self._tag(lr), owner="MetaRL.fit")
+                                   optimizer=optimizer, tag=self._tag(lr), owner="MetaRL.fit")
 
     def profile_stages(self, theta: Any) -> dict[str, float]:
         """Seconds spent in each stage of one ``value_and_grad`` call.

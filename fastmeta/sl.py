@@ -217,7 +217,7 @@ class MetaSL:
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
             checkpoint: Any = None, checkpoint_every: int = 1, resume: Any = False,
-            progress: bool = True) -> FitResult:
+            progress: bool = True, optimizer: str = "gd") -> FitResult:
         """Meta-train by gradient descent (4.5): theta <- Proj(theta - alpha_l grad L(theta)).
 
         Parameters
@@ -238,6 +238,9 @@ class MetaSL:
             checkpoint of a different problem or settings is refused.
         progress : bool, default True
             Show a one-line progress bar on stderr.
+        optimizer : {"gd", "adam"}, default "gd"
+            "gd" is (4.5) exactly; "adam" rescales the exact meta-gradient by Adam's
+            moments (as Finn et al. train MAML); its state is checkpointed too.
 
         Returns
         -------
@@ -248,7 +251,7 @@ class MetaSL:
         return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=False,
                                    tol=tol, project=self._project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume,
-                                   progress=progress, tag=self.tag, owner="MetaSL.fit")
+                                   progress=progress, optimizer=optimizer, tag=self.tag, owner="MetaSL.fit")
 
     @property
     def tag(self) -> str:

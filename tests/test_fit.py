@@ -79,3 +79,23 @@ def test_bad_fit_arguments(meta):
         meta.fit(steps=-1)
     with pytest.raises(ValueError, match="'theta' parameter of MetaRL must have shape"):
         meta.fit(np.zeros(3), steps=1)
+
+
+def test_adam_matches_its_definition_and_resumes_exactly(meta, tmp_path):
+    theta, m, v = np.zeros(meta.model.n_params), 0.0, 0.0
+    for step in range(3):
+        g = meta.gradient(theta)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta = theta + 0.5 * (m / (1 - 0.9 ** (step + 1))) / (np.sqrt(v / (1 - 0.999 ** (step + 1))) + 1e-8)
+    full = meta.fit(steps=3, lr=0.5, optimizer="adam", progress=False)
+    np.testing.assert_allclose(full.theta, theta, rtol=1e-13, atol=1e-15)
+    ckpt = tmp_path / "adam.npz"
+    meta.fit(steps=1, lr=0.5, optimizer="adam", checkpoint=ckpt, progress=False)
+    assert "adam_m" in fastmeta.load_checkpoint(ckpt)
+    rest = meta.fit(steps=3, lr=0.5, optimizer="adam", checkpoint=ckpt, resume=True, progress=False)
+    np.testing.assert_array_equal(rest.theta, full.theta)
+    with pytest.raises(ValueError, match="different problem or settings"):
+        meta.fit(steps=4, lr=0.5, optimizer="gd", checkpoint=ckpt, resume=True, progress=False)
+    with pytest.raises(ValueError, match="'optimizer' parameter of MetaRL.fit"):
+        meta.fit(steps=1, optimizer="sgd")

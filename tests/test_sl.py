@@ -319,3 +319,38 @@ def test_bad_inputs_raise_clear_errors():
         LinearModel("fourier")
     with pytest.raises(ValueError, match="dimension 2"):
         meta.adapt(np.zeros(2), SLTask(np.ones((2, 3)), [1.0, 2.0]))
+
+
+# ------------------------------------------------------------------------ demo (--sl)
+def test_fourier_embedding_is_seeded_and_approximates_the_rbf_gram():
+    from fastmeta.tasks.sinusoid import fourier_embedding
+    x = np.array([-1.0, 0.0, 2.5])
+    Z = fourier_embedding(16, lengthscale=2.0, constant=3.0, seed=4)(x)
+    assert Z.shape == (3, 17) and np.all(Z[:, -1] == 3.0)
+    assert np.array_equal(Z, fourier_embedding(16, lengthscale=2.0, constant=3.0, seed=4)(x))
+    assert not np.array_equal(Z, fourier_embedding(16, lengthscale=2.0, constant=3.0, seed=5)(x))
+    big = fourier_embedding(20000, lengthscale=2.0, constant=0.0, seed=0)(x)
+    np.testing.assert_allclose(big @ big.T, np.exp(-np.subtract.outer(x, x) ** 2 / 8.0), atol=0.03)
+    tasks = sinusoid_tasks(2, k_shot=4, k_query=3, embedding=fourier_embedding(8, seed=1), seed=0)
+    assert tasks[0].X.shape == (4, 9) and tasks[0].X_query.shape == (3, 9)
+    with pytest.raises(ValueError, match="'lengthscale' parameter of fourier_embedding"):
+        fourier_embedding(8, lengthscale=0.0)
+
+
+def test_sl_demo_quick_adapts_and_beats_pretraining(tmp_path):
+    import io
+    import json
+
+    from fastmeta.demo_sl import EVAL_STEPS, run_sl_demo
+    buf = io.StringIO()
+    res = run_sl_demo(seed=0, quick=True, out=buf, progress=False)
+    text = buf.getvalue()
+    assert "MAML (ours)" in text and "random Fourier features" in text
+    maml, pre = res["maml"], res["pretrained"]
+    assert len(maml) == len(pre) == len(EVAL_STEPS)
+    # Adaptation works: one step roughly halves the MSE, ten steps go further, and far below pretraining.
+    assert maml[1] < 0.7 * maml[0] and maml[3] < maml[1] and maml[3] < 0.5 * pre[3]
+    assert res["pretrained_eta"] <= res["settings"]["eta"]
+    path = tmp_path / "sl.json"
+    again = run_sl_demo(seed=0, quick=True, out=path, progress=False)
+    assert again["maml"] == maml and json.loads(path.read_text())["maml"] == maml

@@ -11,12 +11,41 @@ from ..sl import SLTask
 _OWNER = "sinusoid_tasks"
 
 
+def fourier_embedding(n_features: int = 32, lengthscale: float = 1.5, constant: float = 2.0,
+                      seed: int | np.random.Generator = 0) -> Callable[[Any], np.ndarray]:
+    """Seeded random Fourier features of a scalar x plus a constant, for ``embedding=``.
+
+    Returns the map x -> (sqrt(2/D) cos(omega_k x + beta_k) for k = 1..D, constant), with
+    omega_k ~ N(0, 1/lengthscale^2) and beta_k ~ U[0, 2 pi) drawn once from ``seed``, so
+    z(x).z(x') ~ exp(-(x - x')^2 / (2 lengthscale^2)) + constant^2 (Rahimi and Recht 2007).
+    The same seed gives the same map, so training and held-out tasks built with two calls
+    share their features. A ReLU unit of z(x) can switch on and off several times along x
+    (a unit of (x, 1) has a single kink).
+    """
+    owner = "fourier_embedding"
+    n_features = check_int(n_features, "n_features", owner, low=1)
+    lengthscale = check_real_scalar(lengthscale, "lengthscale", owner, low=0.0)
+    constant = check_real_scalar(constant, "constant", owner)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
+        check_int(seed, "seed", owner, low=0))
+    omega = rng.standard_normal(n_features) / lengthscale
+    beta = rng.uniform(0.0, 2.0 * np.pi, n_features)
+    scale = np.sqrt(2.0 / n_features)
+
+    def embed(x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
+        return np.hstack([scale * np.cos(x * omega + beta), np.full_like(x, constant)])
+
+    return embed
+
+
 def embed_inputs(x: Any, embedding: str | Callable | None = None) -> np.ndarray:
     """Network inputs for scalar x: ``None`` -> (x,), ``"affine"`` -> (x, 1), or ``embedding(x)``.
 
     A bias-free ReLU network of a scalar x is piecewise linear through the origin (it can
     only be a*x for x > 0 and c*x for x < 0); the constant coordinate of ``"affine"`` gives
-    every hidden unit its own kink position, which is what a sine needs.
+    every hidden unit its own kink position, which is what a sine needs. For random
+    Fourier features pass ``fourier_embedding(...)``.
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
     if embedding is None:
