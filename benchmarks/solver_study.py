@@ -1,7 +1,9 @@
 """Solver study for fastmeta.linalg: M = I - gamma P_pi on gridworlds and RL^2-style random MDPs.
 
 Usage: python benchmarks/solver_study.py [section ...]
-sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds for choose_method)
+sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds for choose_method),
+workload N [N ...] (the linear algebra of one meta-gradient of the benchmark problem, replayed
+with splu and krylov), restart (GMRES restart length vs iterations).
 """
 from __future__ import annotations
 
@@ -154,6 +156,95 @@ def rl2_section(S=100_000, tols=(1e-8, 1e-10)):
                       f"{max(r['rel'], r['relT']):.1e} |", flush=True)
 
 
+def capture_workload(N, n_tasks=4, seed=0):
+    """Matrices and right-hand sides of one meta-gradient of the benchmark problem.
+
+    gridworld_goals(4, N), theta = 0.5 N(0, 1)^32, tau = eta = 1: 5 matrices (the
+    main effect's M and the 4 adapted M_i), M gets 4 + 4 solves (as two (n, 4)
+    blocks), each M_i one forward solve (warm start) and one transposed solve.
+    """
+    import fastmeta
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks, N, seed=seed)
+    m = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver="krylov")
+    th = 0.5 * np.random.default_rng(0).standard_normal(32)
+    log = []
+    orig = linalg.factorize
+
+    def fz(M, *a, **k):
+        f = orig(M, *a, **k)
+        idx = sum(1 for e in log if e[0] == "M")
+        log.append(("M", M.copy()))
+        s, st = f.solve, f.solve_transposed
+        f.solve = lambda b, x0=None: (log.append(("N", idx, np.array(b), None if x0 is None else np.array(x0))), s(b, x0))[1]
+        f.solve_transposed = lambda b, x0=None: (log.append(("T", idx, np.array(b), None if x0 is None else np.array(x0))), st(b, x0))[1]
+        return f
+
+    linalg.factorize = fz
+    try:
+        m.value_and_grad(th)
+    finally:
+        linalg.factorize = orig
+    Ms = [e[1] for e in log if e[0] == "M"]
+    R = np.column_stack([e[2] for e in log if e[0] == "N" and e[1] == 0])
+    MU = np.column_stack([e[2] for e in log if e[0] == "T" and e[1] == 0])
+    per = {i: [e for e in log if e[0] != "M" and e[1] == i] for i in range(1, len(Ms))}
+    return Ms, R, MU, per
+
+
+def replay_workload(Ms, R, MU, per, method, plan=None, **kw):
+    """Time factorisations + solves of one meta-gradient; returns (total s, setup s, [(its, s)])."""
+    plan = plan or linalg.analyse(Ms[0])
+    out, tset = [], 0.0
+    t0 = time.perf_counter()
+
+    def solve(fac, b, x0, trans):
+        t = time.perf_counter()
+        (fac.solve_transposed if trans else fac.solve)(b, x0)
+        its = getattr(fac, "iterations_transposed" if trans else "iterations", 0)
+        out.append((its, round(time.perf_counter() - t, 3)))
+
+    t = time.perf_counter(); f = linalg.factorize(Ms[0], method, plan=plan, **kw); tset += time.perf_counter() - t
+    solve(f, R, None, False)
+    for i, calls in per.items():
+        t = time.perf_counter(); fi = linalg.factorize(Ms[i], method, plan=plan, **kw); tset += time.perf_counter() - t
+        for kind, _, b, x0 in calls:
+            solve(fi, b, x0, kind == "T")
+        del fi
+    solve(f, MU, None, True)
+    return time.perf_counter() - t0, tset, out
+
+
+def workload_section(Ns, methods=("splu", "krylov"), reps=3):
+    for N in Ns:
+        data = capture_workload(N)
+        plan = linalg.analyse(data[0][0])
+        res = {m: [] for m in methods}
+        for r in range(reps):
+            for m in methods:
+                if m == "splu" and N * N > 400_000:
+                    continue
+                tot, tset, out = replay_workload(*data, m, plan=plan)
+                res[m].append(tot)
+                print(f"# N={N} n={N*N} {m}: total {tot:.3f} s, factorisations {tset:.3f} s, "
+                      f"solves (its, s) {out}", flush=True)
+        print(f"| {N*N} | " + " | ".join(f"{np.median(v):.3f}" if v else "-" for v in res.values()) + " |",
+              flush=True)
+
+
+def restart_section(N=150, restarts=(2, 3, 5, 8, 12, 20, 30)):
+    P = gridworld(N)
+    b = np.random.default_rng(1).normal(size=N * N)
+    for name, pi in policies(N * N, 4).items():
+        M = build_M(P, pi, 0.99)
+        plan = linalg.analyse(M)
+        row = []
+        for r in restarts:
+            f = linalg.factorize(M, "krylov", plan=plan, restart=r)
+            f.solve(b); f.solve_transposed(b)
+            row.append(f"{r}: {f.iterations}/{f.iterations_transposed}")
+        print(f"grid {N}x{N} {name}: restart: its/itsT  " + ", ".join(row), flush=True)
+
+
 if __name__ == "__main__":
     import numba
     sec = sys.argv[1:] or ["grid"]
@@ -168,6 +259,14 @@ if __name__ == "__main__":
         rl2_section()
     if "auto" in sec:
         auto_section()
+    if "workload" in sec:
+        i = sec.index("workload") + 1
+        Ns = []
+        while i < len(sec) and sec[i].isdigit():
+            Ns.append(int(sec[i])); i += 1
+        workload_section(Ns or [141, 224, 316, 447, 548])
+    if "restart" in sec:
+        restart_section()
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)

@@ -136,11 +136,6 @@ class TaskTrace:
     grad_energy: np.ndarray | None = None
 
 
-def _solve_columns(solve: Any, B: np.ndarray) -> np.ndarray:
-    """Apply ``solve`` to every column of B (S, k)."""
-    return np.column_stack([solve(np.ascontiguousarray(B[:, j])) for j in range(B.shape[1])])
-
-
 class MetaRL:
     """Meta-RL objective (3.4), its exact gradient, and Algorithm 1.
 
@@ -354,7 +349,7 @@ class MetaRL:
             _k.policy_average(pi, task.r, r_pi)
             R[:, j] = r_pi
         self._tick("kernels")
-        U = _solve_columns(fac.solve, R)  # U = M^{-1} r_pi: V / (1 - gamma)
+        U = fac.solve(R)  # U = M^{-1} r_pi = V / (1 - gamma), all tasks at once
         self._tick("solve")
         traces = []
         MU = np.empty((S, len(tasks))) if want_grad else None  # mu_i = P^T (sigma_i A_i)
@@ -400,7 +395,7 @@ class MetaRL:
             self._tick("kernels")
         if not want_grad:
             return traces
-        XI = _solve_columns(fac.solve_transposed, MU)  # xi_i = (1-gamma) M^{-T} mu_i
+        XI = fac.solve_transposed(MU)  # xi_i = (1-gamma) M^{-T} mu_i, all tasks at once
         XI *= 1.0 - gamma
         self._tick("solve transposed")
         c_meta = self.eta * gamma / ((1.0 - gamma) ** 2 * self.tau)

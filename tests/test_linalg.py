@@ -164,9 +164,12 @@ def test_choose_method():
     assert set(linalg.METHODS) == {"auto", "dense", "splu", "krylov"}
 
 
-def test_choose_method_large_is_krylov():
-    M = random_M(linalg.SPLU_MAX_N + 1, 0.9, k=2)
+def test_choose_method_large_is_krylov(monkeypatch):
+    M = grid_M(40)  # 1600 states, grid-like
+    assert choose_method(M) == "splu"
+    monkeypatch.setattr(linalg, "SPLU_MAX_N", 1000)
     assert choose_method(M) == "krylov"
+    assert linalg.SPLU_MAX_N == 1000 and choose_method(analyse(M)) == "krylov"
 
 
 def test_bad_inputs():
@@ -183,10 +186,18 @@ def test_bad_inputs():
 
 
 def test_thread_invariance():
+    """Bit-identical results for 1 and 2 Numba threads.
+
+    12 100 states: the fine AMG levels use the parallel kernels and the block
+    Gauss-Seidel smoother (several row blocks); one and four right-hand sides.
+    """
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 numba threads")
-    M = grid_M(40, drift=True)
-    b = np.random.default_rng(5).normal(size=M.shape[0])
+    M = grid_M(110, drift=True)
+    n = M.shape[0]
+    rng = np.random.default_rng(5)
+    b = rng.normal(size=n)
+    B = rng.normal(size=(n, 4))
     old = numba.get_num_threads()
     out = []
     try:
@@ -194,8 +205,83 @@ def test_thread_invariance():
             numba.set_num_threads(t)
             for prec in ("amg", "sgs"):
                 f = factorize(M, "krylov", tol=1e-10, preconditioner=prec)
-                out.append((f.solve(b), f.solve_transposed(b), f.iterations))
+                if prec == "amg":
+                    assert f._hier.levels[0].nblk > 1 and f._hier.levels[0].par == "parallel"
+                    res = (f.solve(b), f.solve_transposed(b), f.solve(B), f.solve_transposed(B))
+                else:
+                    res = (f.solve(b), f.solve_transposed(b))
+                out.append((res, f.iterations, f.iterations_transposed))
     finally:
         numba.set_num_threads(old)
     for a, c in zip(out[:2], out[2:]):
-        assert np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]) and a[2] == c[2]
+        assert all(np.array_equal(u, v) for u, v in zip(a[0], c[0]))
+        assert a[1:] == c[1:]
+
+
+@pytest.mark.parametrize("method", ["dense", "splu", "krylov"])
+@pytest.mark.parametrize("trans", [False, True])
+def test_multi_rhs_matches_columns(method, trans):
+    """solve(B) with B (n, k) equals column-by-column solves, for both orientations."""
+    M = grid_M(24, drift=True)  # 576 states
+    n = M.shape[0]
+    rng = np.random.default_rng(8)
+    B = rng.normal(size=(n, 6))  # > KRYLOV_BLOCK: two lockstep groups
+    B[:, 2] = 0.0  # a zero column
+    B[:, 4] *= 1e-3  # a badly scaled column
+    f = factorize(M, method, tol=1e-12)
+    solve = f.solve_transposed if trans else f.solve
+    X = solve(B)
+    assert X.shape == B.shape and X is not B
+    cols = np.column_stack([solve(np.ascontiguousarray(B[:, j])) for j in range(B.shape[1])])
+    A = M.toarray().T if trans else M.toarray()
+    ref = np.linalg.solve(A, B)
+    if method == "krylov":
+        np.testing.assert_allclose(X, cols, rtol=0, atol=1e-9 * np.abs(cols).max())
+        assert not np.any(X[:, 2])
+        res = np.linalg.norm(B - A @ X, axis=0) / np.maximum(np.linalg.norm(B, axis=0), 1e-300)
+        assert np.all(res <= 1e-12)
+        assert (f.iterations_transposed if trans else f.iterations) > 0
+    else:
+        np.testing.assert_allclose(X, cols, rtol=0, atol=1e-12 * np.abs(cols).max())
+    np.testing.assert_allclose(X, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    # single column as (n, 1) keeps its shape; non-contiguous input is accepted
+    assert solve(B[:, :1]).shape == (n, 1)
+    np.testing.assert_allclose(solve(B[:, ::2]), X[:, ::2], rtol=0, atol=1e-9 * np.abs(X).max())
+
+
+def test_multi_rhs_krylov_warm_start_and_errors():
+    M = grid_M(30, drift=True)
+    n = M.shape[0]
+    B = np.random.default_rng(9).normal(size=(n, 3))
+    f = factorize(M, "krylov", tol=1e-10)
+    X = f.solve(B)
+    cold = f.iterations
+    X0 = X.copy()
+    X2 = f.solve(B, x0=X0)
+    assert f.iterations == 0 and np.array_equal(X0, X) and np.array_equal(X2, X)
+    XT = f.solve_transposed(B, x0=X)  # a poor but valid warm start
+    np.testing.assert_allclose(M.T @ XT, B, atol=1e-8 * np.abs(B).max())
+    assert cold > 0
+    with pytest.raises(ValueError, match="x0"):
+        f.solve(B, x0=X[:, :2])
+    with pytest.raises(ValueError):
+        f.solve(np.ones((n + 1, 2)))
+    with pytest.raises(ValueError):
+        f.solve(np.ones((n, 2, 1)))
+    Bbad = B.copy()
+    Bbad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        f.solve(Bbad)
+    g = factorize(M, "krylov", tol=1e-12, maxiter=2)
+    with pytest.raises(SolverError, match="2 iterations"):
+        g.solve(B)
+    with pytest.raises(SolverError, match="M\\^T"):
+        g.solve_transposed(B)
+
+
+def test_multi_rhs_zero_block():
+    M = random_M(50, 0.9)
+    for method in ("dense", "splu", "krylov"):
+        f = factorize(M, method)
+        X = f.solve(np.zeros((50, 3)), x0=np.ones((50, 3)) if method == "krylov" else None)
+        assert X.shape == (50, 3) and not np.any(X)

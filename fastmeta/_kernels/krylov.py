@@ -4,91 +4,552 @@ Private module: no validation, no Python objects; every kernel fills arrays
 allocated by the caller.  Reductions over long vectors are computed per fixed
 chunk (``N_CHUNKS`` chunks, chunk boundaries independent of the thread count)
 and the partial sums are combined serially in chunk order, so every result is
-bit-identical for any number of Numba threads.  Gauss-Seidel sweeps and the
-aggregation are serial.
+bit-identical for any number of Numba threads.  Block vectors are ``(n, k)``
+C arrays with ``k <= 4`` (the caller splits wider blocks), so a matrix is read
+once per sweep for all ``k`` right-hand sides.  Gauss-Seidel sweeps run on fixed
+row blocks (a function of ``n`` only) and the aggregation set-up is serial.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import prange
 
-from ._config import N_CHUNKS, jit, pjit
+from ._config import N_CHUNKS, jit, pjit, sized
 
 
-@pjit
-def csr_matvec(indptr, indices, data, x, y):  # pragma: no cover - numba
-    """``y = A @ x`` for a CSR matrix (parallel over rows)."""
+# --------------------------------------------------------------------------
+# batched vector kernels: a block of k <= 4 vectors is an (n, k) C array, so
+# every matrix entry is read once for the k vectors.  Kernels with a `sized`
+# decorator run serially on small levels (no thread-pool wake-up).
+# --------------------------------------------------------------------------
+@sized
+def csr_matvec(indptr, indices, data, X, Y):  # pragma: no cover - numba
+    """``Y = A @ X`` for a CSR matrix and an (n, k <= 4) block (parallel over rows)."""
     n = indptr.shape[0] - 1
+    k = X.shape[1]
     for i in prange(n):
-        s = 0.0
-        for k in range(indptr[i], indptr[i + 1]):
-            s += data[k] * x[indices[k]]
-        y[i] = s
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        if k == 1:
+            for p in range(lo, hi):
+                s0 += data[p] * X[indices[p], 0]
+        elif k == 2:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+        elif k == 3:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+                s2 += a * X[j, 2]
+        else:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+                s2 += a * X[j, 2]
+                s3 += a * X[j, 3]
+        Y[i, 0] = s0
+        if k > 1:
+            Y[i, 1] = s1
+        if k > 2:
+            Y[i, 2] = s2
+        if k > 3:
+            Y[i, 3] = s3
 
 
-@pjit
-def csr_residual(indptr, indices, data, x, b, r):  # pragma: no cover - numba
-    """``r = b - A @ x`` for a CSR matrix (parallel over rows)."""
+@sized
+def csr_residual(indptr, indices, data, X, B, R):  # pragma: no cover - numba
+    """``R = B - A @ X`` for an (n, k <= 4) block (parallel over rows)."""
     n = indptr.shape[0] - 1
+    k = X.shape[1]
     for i in prange(n):
-        s = b[i]
-        for k in range(indptr[i], indptr[i + 1]):
-            s -= data[k] * x[indices[k]]
-        r[i] = s
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        if k == 1:
+            for p in range(lo, hi):
+                s0 += data[p] * X[indices[p], 0]
+        elif k == 2:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+        elif k == 3:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+                s2 += a * X[j, 2]
+        else:
+            for p in range(lo, hi):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                s1 += a * X[j, 1]
+                s2 += a * X[j, 2]
+                s3 += a * X[j, 3]
+        R[i, 0] = B[i, 0] - s0
+        if k > 1:
+            R[i, 1] = B[i, 1] - s1
+        if k > 2:
+            R[i, 2] = B[i, 2] - s2
+        if k > 3:
+            R[i, 3] = B[i, 3] - s3
 
 
-@pjit
-def multi_dot(V, k, w, part, out):  # pragma: no cover - numba
-    """``out[i] = V[i] . w`` for ``i < k``; ``part`` is ``(N_CHUNKS, >=k)`` scratch.
+@sized
+def gs_sweep(indptr, indices, data, invd, B, X, Xold, nblk, interior, forward):  # pragma: no cover - numba
+    """One in-place block Gauss-Seidel sweep for ``A X = B``, X an (n, k <= 4) block.
 
-    Chunked: partial sums per fixed chunk, combined serially in chunk order.
+    The rows are split into ``nblk`` fixed contiguous blocks (chosen from ``n``
+    only); inside a block the sweep is Gauss-Seidel in row order (ascending if
+    ``forward``), couplings to other blocks use ``Xold`` (a copy of ``X`` made
+    before the sweep).  The blocks are independent, so the result does not
+    depend on how they are scheduled: groups of 4 blocks run in parallel, and
+    for one vector (k = 1) the 4 blocks of a group are swept interleaved, row
+    by row, so that four independent dependency chains overlap in the CPU
+    (a Gauss-Seidel row waits for the previous row's result).
+    ``nblk == 1`` is plain Gauss-Seidel (``Xold`` unused).  ``invd = 1/diag(A)``;
+    ``interior[i]`` says that row ``i`` couples only to its own block (no test
+    per entry), see :func:`block_halo`.
     """
-    n = w.shape[0]
-    csize = (n + N_CHUNKS - 1) // N_CHUNKS
-    for c in prange(N_CHUNKS):
-        lo = c * csize
-        hi = min(n, lo + csize)
-        for i in range(k):
-            s = 0.0
-            for t in range(lo, hi):
-                s += V[i, t] * w[t]
-            part[c, i] = s
-    for i in range(k):
-        s = 0.0
-        for c in range(N_CHUNKS):
-            s += part[c, i]
-        out[i] = s
+    n = indptr.shape[0] - 1
+    k = X.shape[1]
+    bs = (n + nblk - 1) // nblk
+    ngrp = (nblk + 3) // 4
+    for gi in prange(ngrp):
+        c0 = gi * 4
+        nb = min(4, nblk - c0)
+        if k == 1:
+            for t in range(bs):
+                for q in range(nb):
+                    blo = (c0 + q) * bs
+                    bhi = min(n, blo + bs)
+                    if t >= bhi - blo:
+                        continue
+                    i = blo + t if forward else bhi - 1 - t
+                    s0 = B[i, 0]
+                    if nblk == 1 or interior[i]:
+                        for p in range(indptr[i], indptr[i + 1]):
+                            s0 -= data[p] * X[indices[p], 0]
+                    else:
+                        for p in range(indptr[i], indptr[i + 1]):
+                            j = indices[p]
+                            if j >= blo and j < bhi:
+                                s0 -= data[p] * X[j, 0]
+                            else:
+                                s0 -= data[p] * Xold[j, 0]
+                    X[i, 0] += s0 * invd[i]
+        else:
+            for q in range(nb):
+                blo = (c0 + q) * bs
+                bhi = min(n, blo + bs)
+                for t in range(bhi - blo):
+                    i = blo + t if forward else bhi - 1 - t
+                    s0 = B[i, 0]
+                    s1 = B[i, 1]
+                    s2 = B[i, 2] if k > 2 else 0.0
+                    s3 = B[i, 3] if k > 3 else 0.0
+                    inner = nblk == 1 or interior[i]
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        a = data[p]
+                        if inner or (j >= blo and j < bhi):
+                            s0 -= a * X[j, 0]
+                            s1 -= a * X[j, 1]
+                            if k > 2:
+                                s2 -= a * X[j, 2]
+                            if k > 3:
+                                s3 -= a * X[j, 3]
+                        else:
+                            s0 -= a * Xold[j, 0]
+                            s1 -= a * Xold[j, 1]
+                            if k > 2:
+                                s2 -= a * Xold[j, 2]
+                            if k > 3:
+                                s3 -= a * Xold[j, 3]
+                    d = invd[i]
+                    X[i, 0] += s0 * d
+                    X[i, 1] += s1 * d
+                    if k > 2:
+                        X[i, 2] += s2 * d
+                    if k > 3:
+                        X[i, 3] += s3 * d
 
 
-@pjit
-def lincomb_sub(V, k, h, w):  # pragma: no cover - numba
-    """``w -= sum_{i<k} h[i] * V[i]`` (chunked so a chunk of ``w`` stays in cache)."""
-    n = w.shape[0]
-    csize = (n + N_CHUNKS - 1) // N_CHUNKS
-    for c in prange(N_CHUNKS):
-        lo = c * csize
-        hi = min(n, lo + csize)
-        for i in range(k):
-            hi_ = h[i]
-            for t in range(lo, hi):
-                w[t] -= hi_ * V[i, t]
+@sized
+def gs_sweep_zero(indptr, indices, data, invd, B, X, nblk):  # pragma: no cover - numba
+    """:func:`gs_sweep` (forward) from ``X = 0``: ``X`` need not be initialised.
+
+    Only the strictly lower part inside a row's block contributes (everything
+    else multiplies zeros), so this is a cheap forward substitution per block.
+    """
+    n = indptr.shape[0] - 1
+    k = X.shape[1]
+    bs = (n + nblk - 1) // nblk
+    ngrp = (nblk + 3) // 4
+    for gi in prange(ngrp):
+        c0 = gi * 4
+        nb = min(4, nblk - c0)
+        for q in range(nb):
+            blo = (c0 + q) * bs
+            bhi = min(n, blo + bs)
+            for i in range(blo, bhi):
+                d = invd[i]
+                if k == 1:
+                    s0 = B[i, 0]
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        if j < i and j >= blo:
+                            s0 -= data[p] * X[j, 0]
+                    X[i, 0] = s0 * d
+                else:
+                    s0 = B[i, 0]
+                    s1 = B[i, 1]
+                    s2 = B[i, 2] if k > 2 else 0.0
+                    s3 = B[i, 3] if k > 3 else 0.0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        if j < i and j >= blo:
+                            a = data[p]
+                            s0 -= a * X[j, 0]
+                            s1 -= a * X[j, 1]
+                            if k > 2:
+                                s2 -= a * X[j, 2]
+                            if k > 3:
+                                s3 -= a * X[j, 3]
+                    X[i, 0] = s0 * d
+                    X[i, 1] = s1 * d
+                    if k > 2:
+                        X[i, 2] = s2 * d
+                    if k > 3:
+                        X[i, 3] = s3 * d
 
 
 @jit
-def gs_sweep(indptr, indices, data, diag, b, x, forward):  # pragma: no cover - numba
-    """One in-place Gauss-Seidel sweep for ``A x = b`` (serial).
-
-    ``diag[i]`` is the position of ``A[i, i]`` in ``indices``/``data``.
-    ``forward`` selects the row order (ascending or descending).
-    """
+def block_halo(indptr, indices, nblk, interior, mark):  # pragma: no cover - numba
+    """Block structure of :func:`gs_sweep`: ``interior[i]`` (row ``i`` couples
+    only inside its block) and ``mark[j]`` (row ``j`` is read by another block).
+    Returns the number of marked rows."""
     n = indptr.shape[0] - 1
-    for t in range(n):
-        i = t if forward else n - 1 - t
-        s = b[i]
-        for k in range(indptr[i], indptr[i + 1]):
-            s -= data[k] * x[indices[k]]
-        d = data[diag[i]]
-        x[i] += s / d
+    bs = (n + nblk - 1) // nblk
+    for i in range(n):
+        mark[i] = 0
+    for i in range(n):
+        blo = (i // bs) * bs
+        bhi = min(n, blo + bs)
+        inside = True
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < blo or j >= bhi:
+                inside = False
+                mark[j] = 1
+        interior[i] = inside
+    cnt = 0
+    for i in range(n):
+        cnt += mark[i]
+    return cnt
+
+
+@sized
+def copy_rows(rows, X, Y):  # pragma: no cover - numba
+    """``Y[rows] = X[rows]`` for (n, k) blocks."""
+    k = X.shape[1]
+    for t in prange(rows.shape[0]):
+        i = rows[t]
+        for s in range(k):
+            Y[i, s] = X[i, s]
+
+
+@sized
+def residual_restrict(ptr, members, indptr, indices, data, X, B, Rc):  # pragma: no cover - numba
+    """``Rc[I] = sum_{i in aggregate I} (B - A X)[i]``: residual and restriction fused."""
+    nc = ptr.shape[0] - 1
+    k = X.shape[1]
+    for c in prange(nc):
+        r0 = 0.0
+        r1 = 0.0
+        r2 = 0.0
+        r3 = 0.0
+        for m in range(ptr[c], ptr[c + 1]):
+            i = members[m]
+            lo = indptr[i]
+            hi = indptr[i + 1]
+            if k == 1:
+                s0 = B[i, 0]
+                for p in range(lo, hi):
+                    s0 -= data[p] * X[indices[p], 0]
+                r0 += s0
+            else:
+                s0 = B[i, 0]
+                s1 = B[i, 1]
+                s2 = B[i, 2] if k > 2 else 0.0
+                s3 = B[i, 3] if k > 3 else 0.0
+                for p in range(lo, hi):
+                    a = data[p]
+                    j = indices[p]
+                    s0 -= a * X[j, 0]
+                    s1 -= a * X[j, 1]
+                    if k > 2:
+                        s2 -= a * X[j, 2]
+                    if k > 3:
+                        s3 -= a * X[j, 3]
+                r0 += s0
+                r1 += s1
+                r2 += s2
+                r3 += s3
+        Rc[c, 0] = r0
+        if k > 1:
+            Rc[c, 1] = r1
+        if k > 2:
+            Rc[c, 2] = r2
+        if k > 3:
+            Rc[c, 3] = r3
+
+
+@sized
+def prolong_add(agg, Xc, X):  # pragma: no cover - numba
+    """``X[i] += Xc[agg[i]]`` (piecewise-constant prolongation)."""
+    k = X.shape[1]
+    for i in prange(X.shape[0]):
+        a = agg[i]
+        for s in range(k):
+            X[i, s] += Xc[a, s]
+
+
+@jit
+def dense_lu(A):  # pragma: no cover - numba
+    """In-place LU of a dense matrix without pivoting (coarsest AMG level).
+
+    Safe for the nonsingular M-matrices of the hierarchy (Galerkin products of
+    an M-matrix with piecewise-constant prolongation); serial, so no BLAS
+    thread pool competes with Numba's.
+    """
+    n = A.shape[0]
+    for p in range(n):
+        inv = 1.0 / A[p, p]
+        for i in range(p + 1, n):
+            l = A[i, p] * inv
+            A[i, p] = l
+            if l != 0.0:
+                for j in range(p + 1, n):
+                    A[i, j] -= l * A[p, j]
+
+
+@jit
+def dense_lu_solve(LU, B, X):  # pragma: no cover - numba
+    """``X = A^{-1} B`` from :func:`dense_lu`; (n, k) blocks."""
+    n, k = B.shape
+    for i in range(n):
+        for s in range(k):
+            X[i, s] = B[i, s]
+    for i in range(n):  # L y = b (unit lower)
+        for j in range(i):
+            l = LU[i, j]
+            for s in range(k):
+                X[i, s] -= l * X[j, s]
+    for i in range(n - 1, -1, -1):  # U x = y
+        for j in range(i + 1, n):
+            u = LU[i, j]
+            for s in range(k):
+                X[i, s] -= u * X[j, s]
+        d = 1.0 / LU[i, i]
+        for s in range(k):
+            X[i, s] *= d
+
+
+# --------------------------------------------------------------------------
+# GMRES building blocks on a basis V of shape (m + 1, n, k): V[i, :, s] is the
+# i-th basis vector of system s.  Reductions are chunked (N_CHUNKS fixed
+# chunks), so results do not depend on the number of threads.
+# --------------------------------------------------------------------------
+@sized
+def col_dots(V, j1, W, part, out):  # pragma: no cover - numba
+    """``out[i, s] = V[i, :, s] . W[:, s]`` for ``i < j1`` and ``out[j1, s] = |W[:, s]|^2``.
+
+    ``part`` is (N_CHUNKS, >= j1 + 1, k) scratch; chunk partial sums are combined
+    serially in chunk order.  ``k <= 4``.
+    """
+    n, k = W.shape
+    csize = (n + N_CHUNKS - 1) // N_CHUNKS
+    for c in prange(N_CHUNKS):
+        lo = c * csize
+        hi = min(n, lo + csize)
+        for i in range(j1 + 1):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            if k == 1:
+                if i < j1:
+                    for t in range(lo, hi):
+                        a0 += V[i, t, 0] * W[t, 0]
+                else:
+                    for t in range(lo, hi):
+                        a0 += W[t, 0] * W[t, 0]
+            else:
+                for t in range(lo, hi):
+                    w0 = W[t, 0]
+                    w1 = W[t, 1]
+                    w2 = W[t, 2] if k > 2 else 0.0
+                    w3 = W[t, 3] if k > 3 else 0.0
+                    if i < j1:
+                        a0 += V[i, t, 0] * w0
+                        a1 += V[i, t, 1] * w1
+                        if k > 2:
+                            a2 += V[i, t, 2] * w2
+                        if k > 3:
+                            a3 += V[i, t, 3] * w3
+                    else:
+                        a0 += w0 * w0
+                        a1 += w1 * w1
+                        a2 += w2 * w2
+                        a3 += w3 * w3
+            part[c, i, 0] = a0
+            if k > 1:
+                part[c, i, 1] = a1
+            if k > 2:
+                part[c, i, 2] = a2
+            if k > 3:
+                part[c, i, 3] = a3
+    for i in range(j1 + 1):
+        for s in range(k):
+            acc = 0.0
+            for c in range(N_CHUNKS):
+                acc += part[c, i, s]
+            out[i, s] = acc
+
+
+@sized
+def col_lincomb_sub(V, j1, H, W, part, nrm):  # pragma: no cover - numba
+    """``W[:, s] -= sum_{i<j1} H[i, s] V[i, :, s]``, then ``nrm[s] = |W[:, s]|^2`` (chunked).
+
+    ``k <= 4``; each element of ``W`` is loaded and stored once.
+    """
+    n, k = W.shape
+    csize = (n + N_CHUNKS - 1) // N_CHUNKS
+    for c in prange(N_CHUNKS):
+        lo = c * csize
+        hi = min(n, lo + csize)
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        if k == 1:
+            for t in range(lo, hi):
+                w0 = W[t, 0]
+                for i in range(j1):
+                    w0 -= H[i, 0] * V[i, t, 0]
+                W[t, 0] = w0
+                a0 += w0 * w0
+        else:
+            for t in range(lo, hi):
+                w0 = W[t, 0]
+                w1 = W[t, 1]
+                w2 = W[t, 2] if k > 2 else 0.0
+                w3 = W[t, 3] if k > 3 else 0.0
+                for i in range(j1):
+                    w0 -= H[i, 0] * V[i, t, 0]
+                    w1 -= H[i, 1] * V[i, t, 1]
+                    if k > 2:
+                        w2 -= H[i, 2] * V[i, t, 2]
+                    if k > 3:
+                        w3 -= H[i, 3] * V[i, t, 3]
+                W[t, 0] = w0
+                W[t, 1] = w1
+                a0 += w0 * w0
+                a1 += w1 * w1
+                if k > 2:
+                    W[t, 2] = w2
+                    a2 += w2 * w2
+                if k > 3:
+                    W[t, 3] = w3
+                    a3 += w3 * w3
+        part[c, 0, 0] = a0
+        if k > 1:
+            part[c, 0, 1] = a1
+        if k > 2:
+            part[c, 0, 2] = a2
+        if k > 3:
+            part[c, 0, 3] = a3
+    for s in range(k):
+        acc = 0.0
+        for c in range(N_CHUNKS):
+            acc += part[c, 0, s]
+        nrm[s] = acc
+
+
+@sized
+def col_scale(X, alpha, Y):  # pragma: no cover - numba
+    """``Y[:, s] = alpha[s] * X[:, s]``."""
+    n, k = X.shape
+    for t in prange(n):
+        for s in range(k):
+            Y[t, s] = alpha[s] * X[t, s]
+
+
+@jit
+def arnoldi_givens(H, cs, sn, g, j, hcol, live):  # pragma: no cover - numba
+    """Store column ``j`` of each live system's Hessenberg matrix and reduce it.
+
+    ``hcol[:j + 2, s]`` holds ``h_{0..j+1, j}`` of system ``s``; previous Givens
+    rotations are applied, a new one annihilates ``h_{j+1, j}`` and is applied
+    to the right-hand side ``g``.  ``H`` is (k, m + 1, m).
+    """
+    k = H.shape[0]
+    for s in range(k):
+        if not live[s]:
+            continue
+        for i in range(j + 2):
+            H[s, i, j] = hcol[i, s]
+        for i in range(j):
+            a = H[s, i, j]
+            b = H[s, i + 1, j]
+            H[s, i, j] = cs[s, i] * a + sn[s, i] * b
+            H[s, i + 1, j] = -sn[s, i] * a + cs[s, i] * b
+        a = H[s, j, j]
+        b = H[s, j + 1, j]
+        rr = np.sqrt(a * a + b * b)
+        if rr == 0.0:
+            cs[s, j] = 1.0
+            sn[s, j] = 0.0
+        else:
+            cs[s, j] = a / rr
+            sn[s, j] = b / rr
+        H[s, j, j] = rr
+        H[s, j + 1, j] = 0.0
+        g[s, j + 1] = -sn[s, j] * g[s, j]
+        g[s, j] = cs[s, j] * g[s, j]
+
+
+@jit
+def hessenberg_solve(H, g, ks, Y):  # pragma: no cover - numba
+    """``Y[:ks[s], s] = R_s^{-1} g_s[:ks[s]]`` (back substitution), zero below."""
+    k = H.shape[0]
+    m = Y.shape[0]
+    for s in range(k):
+        for i in range(m):
+            Y[i, s] = 0.0
+        for i in range(ks[s] - 1, -1, -1):
+            acc = g[s, i]
+            for l in range(i + 1, ks[s]):
+                acc -= H[s, i, l] * Y[l, s]
+            Y[i, s] = acc / H[s, i, i] if H[s, i, i] != 0.0 else 0.0
 
 
 @pjit
@@ -96,24 +557,6 @@ def gather(src, perm, out):  # pragma: no cover - numba
     """``out[k] = src[perm[k]]`` (values of a transposed pattern)."""
     for k in prange(out.shape[0]):
         out[k] = src[perm[k]]
-
-
-@pjit
-def restrict(ptr, members, r, rc):  # pragma: no cover - numba
-    """``rc[I] = sum_{i in aggregate I} r[i]`` (aggregates as CSR member lists)."""
-    nc = ptr.shape[0] - 1
-    for c in prange(nc):
-        s = 0.0
-        for k in range(ptr[c], ptr[c + 1]):
-            s += r[members[k]]
-        rc[c] = s
-
-
-@pjit
-def prolong_add(agg, xc, x):  # pragma: no cover - numba
-    """``x[i] += xc[agg[i]]`` (piecewise-constant prolongation)."""
-    for i in prange(x.shape[0]):
-        x[i] += xc[agg[i]]
 
 
 @jit
@@ -202,27 +645,3 @@ def galerkin(indptr, indices, data, agg, ptr, members, marker,
                     cdata[p] += data[k]
         cindptr[c + 1] = cnt
     return cnt
-
-
-@jit
-def csr_transpose(indptr, indices, data, tindptr, tindices, tdata, tdiag):  # pragma: no cover - numba
-    """Transpose of a square CSR matrix (counting sort) and its diagonal positions."""
-    n = indptr.shape[0] - 1
-    for i in range(n + 1):
-        tindptr[i] = 0
-    for k in range(indices.shape[0]):
-        tindptr[indices[k] + 1] += 1
-    for i in range(n):
-        tindptr[i + 1] += tindptr[i]
-    for i in range(n):
-        for k in range(indptr[i], indptr[i + 1]):
-            j = indices[k]
-            p = tindptr[j]
-            tindices[p] = i
-            tdata[p] = data[k]
-            if i == j:
-                tdiag[j] = p
-            tindptr[j] = p + 1
-    for i in range(n, 0, -1):
-        tindptr[i] = tindptr[i - 1]
-    tindptr[0] = 0
