@@ -285,3 +285,19 @@ def test_multi_rhs_zero_block():
         f = factorize(M, method)
         X = f.solve(np.zeros((50, 3)), x0=np.ones((50, 3)) if method == "krylov" else None)
         assert X.shape == (50, 3) and not np.any(X)
+
+
+def test_auto_preconditioner_follows_the_structure():
+    import fastmeta
+    from fastmeta.rl import PolicyPattern
+
+    grid, _ = fastmeta.tasks.gridworld_goals(1, 30, seed=0)
+    rand, _ = fastmeta.tasks.random_mdps(1, 900, 4, k=4, seed=0)
+    for task, expected in ((grid[0], "amg"), (rand[0], "sgs")):
+        pattern = PolicyPattern.build(task.P, task.n_states, 4, "krylov", 1e-10, None)
+        assert pattern.plan.preconditioner == expected
+        M = pattern.matrix(task.P, np.full((task.n_states, 4), 0.25), task.gamma)
+        fac = linalg.factorize(M, "krylov", plan=pattern.plan)
+        assert fac.preconditioner == expected
+        b = np.random.default_rng(0).random(task.n_states)
+        assert np.linalg.norm(M @ fac.solve(b) - b) <= 1e-9 * np.linalg.norm(b)
