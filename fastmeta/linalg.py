@@ -776,6 +776,13 @@ class KrylovFactorization:
         _k.csr_residual(ip, ix, dv, X, B, R)
         dots(V, 0, R, part, h)
         beta = np.sqrt(h[0])
+        if X0 is not None:
+            # A warm start worse than zero (residual above ||b||) is dropped, column by column.
+            worse = ~(beta <= bnorm)
+            if worse.any():
+                X[:, worse] = 0.0
+                R[:, worse] = B[:, worse]
+                beta = np.where(worse, bnorm, beta)
         target = tol * bnorm
         total = np.zeros(k, dtype=np.int64)
         live = np.zeros(k, dtype=np.bool_)

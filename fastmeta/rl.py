@@ -354,6 +354,7 @@ class MetaRL:
         traces = []
         MU = np.empty((S, len(tasks))) if want_grad else None  # mu_i = P^T (sigma_i A_i)
         mu_i = np.empty(S)
+        nu_prev = None
         for j, task in enumerate(tasks):
             V = U[:, j] * (1.0 - gamma)
             Q = np.empty_like(f)
@@ -379,7 +380,10 @@ class MetaRL:
             A_i = np.empty_like(f)
             _k.advantage(Q_i, V_i, A_i)
             self._tick("kernels")
-            nu_i = fac_i.solve_transposed(task.init)
+            # The adapted policies of one group are each one PPO step from the same pi, so
+            # the previous task's visitation is a good start for this one's.
+            nu_i = fac_i.solve_transposed(task.init, x0=nu_prev)
+            nu_prev = nu_i.copy()
             nu_i *= 1.0 - gamma
             self._tick("solve transposed")
             del fac_i

@@ -301,3 +301,21 @@ def test_auto_preconditioner_follows_the_structure():
         assert fac.preconditioner == expected
         b = np.random.default_rng(0).random(task.n_states)
         assert np.linalg.norm(M @ fac.solve(b) - b) <= 1e-9 * np.linalg.norm(b)
+
+
+def test_a_bad_warm_start_is_dropped():
+    rng = np.random.default_rng(3)
+    n = 400
+    P = sp.random(n, n, density=0.02, random_state=4, format="csr") + sp.eye(n)
+    P = sp.diags(1.0 / np.asarray(P.sum(axis=1)).ravel()) @ P
+    M = (sp.eye(n) - 0.95 * P).tocsr()
+    M.sort_indices()
+    b = rng.random(n)
+    fac = factorize(M, "krylov", plan=analyse(M))
+    x_cold = fac.solve(b)
+    its_cold = fac.iterations
+    x_bad = fac.solve(b, x0=1e6 * rng.standard_normal(n))
+    assert fac.iterations <= its_cold
+    assert np.linalg.norm(M @ x_bad - b) <= 1e-9 * np.linalg.norm(b)
+    fac.solve(b, x0=x_cold)
+    assert fac.iterations <= 1
