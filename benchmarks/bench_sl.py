@@ -97,7 +97,15 @@ class TimerawColdImport:
     """Cold start: import and first gradient (kernels loaded from the numba cache)."""
 
     def timeraw_first_gradient(self):
-        return """
+        # asv starts a bare interpreter: point it at the fastmeta this process imports.
+        import os
+
+        import fastmeta
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(fastmeta.__file__)))
+        return f"""
+import sys
+sys.path.insert(0, {root!r})
 import numpy as np
 from fastmeta.neural import TwoLayerReLU
 from fastmeta.sl import MetaSL, SLTask
