@@ -30,7 +30,7 @@ def render(path: str) -> str:
                   "| --- | --- | --- | --- | --- |"]
         for b in rows:
             s = b["stats"]
-            lines.append(f"| {b['name'].split('[')[-1].rstrip(']')} | {_fmt(s['median'])} | {_fmt(s['min'])} | "
+            lines.append(f"| {b['name']} | {_fmt(s['median'])} | {_fmt(s['min'])} | "
                          f"{s['rounds']} | {s['median'] / best:.2f} |")
         lines.append("")
     return "\n".join(lines)
