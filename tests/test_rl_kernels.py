@@ -1,7 +1,6 @@
 """Each compiled kernel of the meta-RL core against the NumPy oracles."""
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from fastmeta._kernels import rl as k
 from fastmeta.rl import PolicyPattern

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import fastmeta
 from fastmeta.tasks import gridworld_goals, gridworld_kernel, grid_rbf_features, random_mdps
 
 
