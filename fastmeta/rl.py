@@ -99,8 +99,11 @@ class PolicyPattern:
 
     def factorize(self, P: sp.csr_matrix, pi: np.ndarray, gamma: float) -> Any:
         """Factorisation (or iterative-solver set-up) of M = I - gamma P_pi."""
-        return linalg.factorize(self.matrix(P, pi, gamma), self.method, tol=self.tol,
-                                maxiter=self.maxiter, plan=self.plan)
+        return self.factorize_matrix(self.matrix(P, pi, gamma))
+
+    def factorize_matrix(self, M: sp.csr_matrix) -> Any:
+        """Factorise a matrix built by :meth:`matrix` with this pattern's solver settings."""
+        return linalg.factorize(M, self.method, tol=self.tol, maxiter=self.maxiter, plan=self.plan)
 
     def matrix(self, P: sp.csr_matrix, pi: np.ndarray, gamma: float) -> sp.csr_matrix:
         """M = I - gamma P_pi as CSR on this pattern."""
@@ -308,7 +311,7 @@ class MetaRL:
     def _factorize(self, pattern: PolicyPattern, P: sp.csr_matrix, pi: np.ndarray, gamma: float) -> Any:
         M = pattern.matrix(P, pi, gamma)
         self._tick("build M")
-        fac = linalg.factorize(M, pattern.method, tol=pattern.tol, maxiter=pattern.maxiter, plan=pattern.plan)
+        fac = pattern.factorize_matrix(M)
         self._tick("factorise")
         return fac
 
