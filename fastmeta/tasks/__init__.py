@@ -3,13 +3,14 @@ from .features import grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
 from .linear_gaussian import linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
-from .sinusoid import embed_inputs, sinusoid_tasks
+from .sinusoid import embed_inputs, fourier_embedding, sinusoid_tasks
 
 __all__ = [
     "grid_rbf_features",
     "gridworld_goals",
     "gridworld_kernel",
     "embed_inputs",
+    "fourier_embedding",
     "linear_gaussian_tasks",
     "sinusoid_tasks",
     "one_hot_features",
