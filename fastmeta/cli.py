@@ -30,7 +30,7 @@ def _peak_mb() -> float:
 # ----------------------------------------------------------------------------- demo
 
 def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = 300, eta: float = 20.0, tau: float = 1.0,
-                gamma: float = 0.95, lr: float = 100.0, seed: int = 0, plot: str | None = "fastmeta_demo.png",
+                gamma: float = 0.95, lr: float = 60.0, seed: int = 0, plot: str | None = "fastmeta_demo.png",
                 checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Meta-train a linear energy on a gridworld goal family and report what it bought.
 
