@@ -137,7 +137,7 @@ def run_profile(*, states: int = 10_000, actions: int = 4, features: int = 32, t
     t = time.perf_counter()
     meta.objective(theta)
     stage("objective only", time.perf_counter() - t)
-    methods = sorted({p.method for p in meta._patterns.values()})
+    methods = meta.solver_methods
     print(f"fastmeta profile: {family} family, S={states}, A={actions}, d={features}, n={tasks}, "
           f"gamma={gamma:g}, solver={solver} -> {', '.join(methods)}")
     print(f"{'stage':<44}{'seconds':>10}{'RSS MB':>10}{'peak MB':>10}")

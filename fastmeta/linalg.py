@@ -340,7 +340,21 @@ def _check_rhs(b, n, name="b") -> np.ndarray:
     return b
 
 
-class DenseFactorization:
+class _DirectFactorization:
+    """Shared by the LU factorisations: solve and solve-transposed through ``_solve``."""
+
+    method = ""
+
+    def solve(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
+        """Solve ``M x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
+        return self._solve(_check_rhs(b, self.n), False)
+
+    def solve_transposed(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
+        """Solve ``M^T x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
+        return self._solve(_check_rhs(b, self.n), True)
+
+
+class DenseFactorization(_DirectFactorization):
     """LAPACK LU of the densified ``M``.
 
     Attributes
@@ -356,18 +370,11 @@ class DenseFactorization:
         self.n = M.shape[0]
         self._lu = scipy.linalg.lu_factor(M.toarray(), check_finite=False)
 
-    def solve(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
-        """Solve ``M x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
-        b = _check_rhs(b, self.n)
-        return scipy.linalg.lu_solve(self._lu, b, trans=0, check_finite=False)
-
-    def solve_transposed(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
-        """Solve ``M^T x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
-        b = _check_rhs(b, self.n)
-        return scipy.linalg.lu_solve(self._lu, b, trans=1, check_finite=False)
+    def _solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
+        return scipy.linalg.lu_solve(self._lu, b, trans=1 if transposed else 0, check_finite=False)
 
 
-class SpluFactorization:
+class SpluFactorization(_DirectFactorization):
     """SuperLU factorisation of ``M`` (minimum degree on ``M^T + M``, no pivoting).
 
     Attributes
@@ -388,15 +395,8 @@ class SpluFactorization:
             options=dict(SymmetricMode=True),
         )
 
-    def solve(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
-        """Solve ``M x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
-        b = _check_rhs(b, self.n)
-        return self._lu.solve(b, trans="N")
-
-    def solve_transposed(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
-        """Solve ``M^T x = b``; ``b`` of shape ``(n,)`` or ``(n, k)`` (``x0`` is ignored)."""
-        b = _check_rhs(b, self.n)
-        return self._lu.solve(b, trans="T")
+    def _solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
+        return self._lu.solve(b, trans="T" if transposed else "N")
 
 
 class _Level:

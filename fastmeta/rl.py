@@ -282,6 +282,11 @@ class MetaRL:
                                    checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                                    optimizer=optimizer, tag=self._tag(lr), owner="MetaRL.fit")
 
+    @property
+    def solver_methods(self) -> list[str]:
+        """The linear solvers in use ("auto" resolved), one entry per distinct method."""
+        return sorted({pattern.method for pattern in self._patterns.values()})
+
     def profile_stages(self, theta: Any) -> dict[str, float]:
         """Seconds spent in each stage of one ``value_and_grad`` call.
 

@@ -185,8 +185,8 @@ class MetaSL:
             self._Zq, self._yq, self._offq = self._Zs, self._ys, self._offs
         if self._linear:
             work = self._Zs.shape[0] * self.n_params
-            self._linear_kernel = (_ksl.linear_meta_parallel if work >= _LINEAR_PARALLEL_WORK
-                                   else _ksl.linear_meta)
+            self._linear_kernel = (_ksl.linear_meta.parallel if work >= _LINEAR_PARALLEL_WORK
+                                   else _ksl.linear_meta.serial)
         self._grad_mode = _ksl.MODE_FIRST_ORDER if self.first_order else _ksl.MODE_EXACT
         self._project = None if model.radius is None else model.project
         self._tag: str | None = None

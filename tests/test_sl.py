@@ -121,7 +121,7 @@ def test_linear_parallel_and_serial_kernels_agree_bitwise():
     theta = np.random.default_rng(10).normal(size=5)
     args = (theta, meta._Zs, meta._ys, meta._offs, meta._Zq, meta._yq, meta._offq, 0.2, 0, ksl.MODE_EXACT)
     out = []
-    for kernel, threads in ((ksl.linear_meta, 1), (ksl.linear_meta_parallel, 1), (ksl.linear_meta_parallel, 2)):
+    for kernel, threads in ((ksl.linear_meta.serial, 1), (ksl.linear_meta.parallel, 1), (ksl.linear_meta.parallel, 2)):
         numba.set_num_threads(threads)
         tl, tg = np.empty(6), np.empty((6, 5))
         kernel(*args, tl, tg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit, pjit
+from ._config import jit, sized
 
 SQUARED = 0
 LOGISTIC = 1
@@ -118,19 +118,13 @@ def _linear_task(i, theta, Fs, ys, offs, Fq, yq, offq, eta, loss, mode, hs, tbuf
         g[k] -= eta * ti[k]
 
 
-@jit
+@sized
 def linear_meta(theta, Fs, ys, offs, Fq, yq, offq, eta, loss, mode, task_loss, task_grad):
-    """Serial: fill task_loss (n,) and, unless mode == MODE_VALUE, task_grad (n, d)."""
-    n = offs.shape[0] - 1
-    hs = np.empty(Fs.shape[0])
-    tbuf = np.empty((n, theta.shape[0]))
-    for i in range(n):
-        _linear_task(i, theta, Fs, ys, offs, Fq, yq, offq, eta, loss, mode, hs, tbuf, task_loss, task_grad)
+    """Fill task_loss (n,) and, unless mode == MODE_VALUE, task_grad (n, d); one task per iteration.
 
-
-@pjit
-def linear_meta_parallel(theta, Fs, ys, offs, Fq, yq, offq, eta, loss, mode, task_loss, task_grad):
-    """As :func:`linear_meta`, tasks spread over threads (each task on one thread)."""
+    Compiled serial (``linear_meta.serial``) and parallel over tasks
+    (``linear_meta.parallel``); MetaSL picks one once, at construction.
+    """
     n = offs.shape[0] - 1
     hs = np.empty(Fs.shape[0])
     tbuf = np.empty((n, theta.shape[0]))
