@@ -1,0 +1,13 @@
+"""The paper's theory as a tool: meta-visitation measures and the optimality-gap bounds.
+
+- :func:`meta_visitation`, :func:`rl_gap`: Definition 3.3 and Theorem 3.5 (meta-RL);
+- :func:`sl_gap`: Theorem 4.4 (meta-SL);
+- :func:`best_found`: a multi-start search for a comparator (the best found, not a
+  certified optimum).
+
+See docs/theory.md for a walk-through and docs/formulas.md for where the printed theorem
+needs the corrected gradient.
+"""
+from .rl_bound import RLGapReport, explicit_joint_measure, meta_visitation, rl_gap
+
+__all__ = ["RLGapReport", "explicit_joint_measure", "meta_visitation", "rl_gap"]
