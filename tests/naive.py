@@ -275,3 +275,40 @@ def ball_least_squares_scipy(Phi, w, b, R):
         if best is None or res.fun < best.fun:
             best = res
     return float(np.sqrt(2 * best.fun)), best.x
+
+
+def theorem_4_4_terms(Z, Y, omega, comparator, eta, kind, rho):
+    """w (4.13), u (4.14), phi_l (4.15) and the weights of M x rho, atom by atom, for a linear model.
+
+    Z (m, d) are the shared design's features, Y (n, m) the labels. Atoms of M are listed
+    once per distinct (x_j, y) pair with their mixture mass; returns (w, u, phi_l, weight)
+    as flat arrays over (atom, x') and the convexity term 1/n sum_i <dR_i/dh, h_wi - h_ti>_rho.
+    """
+    n, m = Y.shape
+    atoms = sorted({(j, float(Y[i, j])) for i in range(n) for j in range(m)})
+
+    def D(i, atom):                      # task i's empirical law
+        j, y = atom
+        return float(Y[i, j] == y) / m
+
+    def adapted(theta, i):
+        h = Z @ theta
+        return theta - eta * Z.T @ dloss(h, Y[i], kind) / m
+
+    h_w = [Z @ adapted(omega, i) for i in range(n)]
+    h_t = [Z @ adapted(comparator, i) for i in range(n)]
+    frechet = [dloss(h_w[i], Y[i], kind) / (m * rho) for i in range(n)]   # Riesz representer in L2(rho)
+    w, u, feats, weight = [], [], [], []
+    for atom in atoms:
+        M = np.mean([D(i, atom) for i in range(n)])
+        j, y = atom
+        hess = d2loss(Z[j] @ omega, y, kind) * np.outer(Z[j], Z[j])
+        for l in range(m):
+            wv = sum(frechet[i][l] * D(i, atom) / M for i in range(n)) / n
+            num = sum(frechet[i][l] * (h_w[i][l] - h_t[i][l]) for i in range(n)) / n
+            w.append(wv)
+            u.append(num / wv)
+            feats.append((np.eye(Z.shape[1]) - eta * hess) @ Z[l])
+            weight.append(M * rho[l])
+    convex = sum(rho @ (frechet[i] * (h_w[i] - h_t[i])) for i in range(n)) / n
+    return np.array(w), np.array(u), np.array(feats), np.array(weight), convex

@@ -9,5 +9,8 @@ See docs/theory.md for a walk-through and docs/formulas.md for where the printed
 needs the corrected gradient.
 """
 from .rl_bound import RLGapReport, explicit_joint_measure, meta_visitation, rl_gap
+from .search import SearchResult, best_found
+from .sl_bound import SLGapReport, exact_minimiser, sl_gap
 
-__all__ = ["RLGapReport", "explicit_joint_measure", "meta_visitation", "rl_gap"]
+__all__ = ["RLGapReport", "SLGapReport", "SearchResult", "best_found", "exact_minimiser", "explicit_joint_measure",
+           "meta_visitation", "rl_gap", "sl_gap"]

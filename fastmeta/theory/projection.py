@@ -2,7 +2,7 @@
 
 Both theorems end in the same term: inf over ||v||_2 <= R of ||b - Phi v||_w, where
 ||x||_w^2 = sum_k w_k x_k^2. With A = diag(sqrt w) Phi = U diag(s) V^T (thin SVD) and
-c = U^T (sqrt(w) b), the problem is diagonal in z = V^T v:
+c = U^T (sqrt(w) b) = diag(1/s) V^T A^T sqrt(w) b, the problem is diagonal in z = V^T v:
 
     ||b - Phi v||_w^2 = rest + sum_j (s_j z_j - c_j)^2,     ||v|| = ||z||,
 
@@ -12,9 +12,9 @@ KKT conditions give z_j(lam) = s_j c_j / (s_j^2 + lam) with the multiplier lam >
 root of the secular equation ||z(lam)|| = R, found by safeguarded Newton steps on
 1/||z(lam)|| - 1/R (nearly linear in lam, so a handful of steps reach machine precision).
 
-When the feature matrix would be too large to hold (a network's Jacobian on many
-state-action pairs), the same spectral data come from the Gram matrix A^T A, accumulated
-block by block: its eigenvalues are s_j^2 and A^T y gives c = diag(1/s) V^T A^T y.
+s and V come from the eigenpairs of the Gram matrix A^T A (a d x d problem). When the
+feature matrix would be too large to hold (a network's Jacobian on many state-action
+pairs), A^T A and A^T y are accumulated block by block.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-#: Above this many entries (rows x features) the Gram path replaces the thin SVD.
+#: Above this many entries (rows x features) the features are accumulated block by block.
 DENSE_LIMIT = 1 << 24
 _BLOCK_ROWS = 4096
 
@@ -68,13 +68,12 @@ class BallLeastSquares:
         rhs = np.where(np.isfinite(rhs), rhs, 0.0)
         sw = np.sqrt(np.where(keep, weights, 0.0))
         self.n_features = n_features
-        if n_rows * n_features <= DENSE_LIMIT:
+        dense = n_rows * n_features <= DENSE_LIMIT
+        if dense:
             idx = np.flatnonzero(keep)
             A = rows(0, n_rows)[idx] * sw[idx, None]
             Y = rhs[idx] * sw[idx, None]
-            U, s, Vt = np.linalg.svd(A, full_matrices=False)
-            C = U.T @ Y
-            rest = np.sum((Y - U @ C) ** 2, axis=0)
+            G, AtY = A.T @ A, A.T @ Y
         else:
             G = np.zeros((n_features, n_features))
             AtY = np.zeros((n_features, rhs.shape[1]))
@@ -86,18 +85,22 @@ class BallLeastSquares:
                 G += A.T @ A
                 AtY += A.T @ Y
                 y2 += np.sum(Y * Y, axis=0)
-            lam, V = np.linalg.eigh(G)
-            order = np.argsort(lam)[::-1]
-            s = np.sqrt(np.clip(lam[order], 0.0, None))
-            Vt = V[:, order].T
-            with np.errstate(divide="ignore", invalid="ignore"):
-                C = np.where(s[:, None] > 0, (Vt @ AtY) / s[:, None], 0.0)
+        # The Gram matrix's eigenpairs are (s_j^2, V_j): one GEMM and a d x d eigenproblem,
+        # much faster than a LAPACK SVD of the tall matrix and as good for this purpose:
+        # directions with s_j below sqrt(eps * rows) s_max are treated as outside the range.
+        lam, V = np.linalg.eigh(G)
+        order = np.argsort(lam)[::-1]
+        lam, Vt = lam[order], V[:, order].T
+        top = lam[0] if lam.size else 0.0
+        rank = int(np.sum(lam > top * max(n_rows, n_features) * np.finfo(float).eps)) if top > 0 else 0
+        s, Vt = np.sqrt(lam[:rank]), Vt[:rank]
+        C = (Vt @ AtY) / s[:, None]
+        if dense:
+            # The residual of the unconstrained fit, computed directly (no cancellation).
+            rest = np.sum((Y - A @ (Vt.T @ (C / s[:, None]))) ** 2, axis=0)
+        else:
             rest = np.clip(y2 - np.sum(C * C, axis=0), 0.0, None)
-        tol = (s[0] if s.size else 0.0) * max(n_rows, n_features) * np.finfo(float).eps
-        rank = int(np.sum(s > tol))
-        # Directions outside the numerical range cannot be fitted: their part of c is residual.
-        self._rest = rest + np.sum(C[rank:] ** 2, axis=0)
-        self._s, self._C, self._Vt = s[:rank], C[:rank], Vt[:rank]
+        self._rest, self._s, self._C, self._Vt = rest, s, C, Vt
 
     @property
     def n_rhs(self) -> int:

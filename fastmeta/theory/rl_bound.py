@@ -254,7 +254,7 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
     term is ``inf`` with a note.
 
     Costs two meta-gradients (at omega and at the comparator) plus one transposed solve
-    per task and one thin SVD of the varrho-weighted features.
+    per task and the d x d Gram matrix of the varrho-weighted features.
     """
     meta = _check_meta(meta, _OWNER)
     model = meta.model
