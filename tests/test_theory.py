@@ -233,12 +233,12 @@ def test_infinite_right_hand_side_gives_inf():
 # ----------------------------------------------------------------------------- comparators
 def test_best_found_in_two_dimensions_uses_a_grid_and_beats_every_start():
     meta, raw, phi, rng = random_family(2, d=2)
-    res = theory.best_found(meta, starts=3, seed=0)
+    res = theory.best_found(meta, starts=3, seed=0, grid_points=15)
     assert res.maximize and res.grid_value is not None
     assert res.value == pytest.approx(meta.objective(res.theta), abs=1e-14)
     assert res.value >= res.grid_value - 1e-12 and res.value == max(res.values)
     assert np.linalg.norm(meta.gradient(res.theta)) < 1e-4
-    again = theory.best_found(meta, starts=3, seed=0)
+    again = theory.best_found(meta, starts=3, seed=0, grid_points=15)
     np.testing.assert_array_equal(again.theta, res.theta)
 
 
@@ -381,3 +381,46 @@ def test_docs_example_runs():
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/theory.md", "exec"), namespace)
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.mark.parametrize("family", ["grid", "random", "sinusoid", "linear-gaussian"])
+def test_bound_command_prints_terms_and_a_trajectory(family, capsys, tmp_path):
+    from fastmeta import cli
+    plot = tmp_path / "bound.png"
+    args = ["bound", "--family", family, "--tasks", "3", "--states", "16", "--features", "4", "--steps", "4",
+            "--every", "2", "--starts", "2", "--points", "6", "--plot", str(plot)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "along training" in out and re.search(r"^gap\s", out, re.M)
+    assert ("bound_sharp" if family in ("grid", "random") else "term_iii") in out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not plot.exists()
+    else:
+        assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--R", "-1"], ["--gamma", "1.5"], ["--family", "nope"],
+                                 ["--tasks", "two"], ["--eta", "nan"], ["--lr", "0"]])
+def test_bound_command_rejects_bad_options_at_parse_time(bad, capsys):
+    from fastmeta import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bound", *bad])
+    assert exc.value.code == 2
+    assert "bound: error" in capsys.readouterr().err
+
+
+def test_bound_command_run_returns_the_table():
+    import argparse
+    from fastmeta.theory import command
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bound", "--family", "linear-gaussian", "--steps", "3", "--every", "1", "--plot", "",
+                              "--R", "2"])
+    out = command.run(args)
+    assert out["steps"] == [0, 1, 2, 3]
+    gaps = [row[out["columns"].index("gap")] for row in out["rows"]]
+    bounds = [row[out["columns"].index("bound")] for row in out["rows"]]
+    assert all(g <= b for g, b in zip(gaps, bounds)) and gaps[-1] < gaps[0]
