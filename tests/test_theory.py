@@ -424,3 +424,12 @@ def test_bound_command_run_returns_the_table():
     gaps = [row[out["columns"].index("gap")] for row in out["rows"]]
     bounds = [row[out["columns"].index("bound")] for row in out["rows"]]
     assert all(g <= b for g, b in zip(gaps, bounds)) and gaps[-1] < gaps[0]
+
+
+def test_printed_g_misses_the_gradient_by_the_discount_factors():
+    # With eta = 0 the printed g lacks exactly one factor 1/(1-gamma): relative error gamma.
+    meta, raw, phi, rng = random_family(9, gammas=(0.75, 0.75, 0.75), eta=0.0)
+    rep = theory.rl_gap(meta, rng.standard_normal(4), rng.standard_normal(4))
+    assert rep.printed_gradient_error == pytest.approx(0.75, rel=1e-10)
+    meta, raw, phi, rng = random_family(9)
+    assert theory.rl_gap(meta, rng.standard_normal(4), rng.standard_normal(4)).printed_gradient_error > 0.1
