@@ -433,3 +433,23 @@ def test_printed_g_misses_the_gradient_by_the_discount_factors():
     assert rep.printed_gradient_error == pytest.approx(0.75, rel=1e-10)
     meta, raw, phi, rng = random_family(9)
     assert theory.rl_gap(meta, rng.standard_normal(4), rng.standard_normal(4)).printed_gradient_error > 0.1
+
+
+def test_traces_equal_trace_task_by_task():
+    meta, raw, phi, rng = random_family(10, shared=True, solver="splu")
+    theta = rng.standard_normal(4)
+    for i, got in enumerate(meta.traces(theta)):
+        want = meta.trace(theta, i)
+        for name in ("pi", "A", "pi_i", "A_i", "sigma_i", "xi_i", "grad_energy"):
+            np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12, atol=1e-15)
+        assert got.J_i == pytest.approx(want.J_i, rel=1e-13)
+
+
+def test_sl_logistic_comparator_defaults_to_the_search():
+    meta, X, Y, rng = shared_design(11, loss="logistic")
+    omega = 0.3 * rng.standard_normal(meta.n_params)
+    rep = theory.sl_gap(meta, omega, seed=2)
+    found = theory.best_found(meta, seed=2)
+    np.testing.assert_allclose(rep.comparator, found.theta)
+    assert rep.gap >= 0 and rep.bound >= rep.gap
+    assert "<table>" in rep._repr_html_()
