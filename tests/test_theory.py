@@ -453,3 +453,44 @@ def test_sl_logistic_comparator_defaults_to_the_search():
     np.testing.assert_allclose(rep.comparator, found.theta)
     assert rep.gap >= 0 and rep.bound >= rep.gap
     assert "<table>" in rep._repr_html_()
+
+
+# ----------------------------------------------------------------------------- Theorem 4.4, y = h_i(x) + noise
+def test_population_mode_reproduces_the_gradient_identity_within_monte_carlo_error():
+    meta, X, Y, rng = shared_design(12, n=4, m=5)
+    Z = meta.model.transform(X)
+    omega = rng.standard_normal(Z.shape[1])
+    n_mc = 4000
+    rep = theory.sl_gap(meta, omega, noise=0.5, n_mc=n_mc, seed=3)
+    m = X.shape[0]
+    point = np.repeat(np.arange(m), n_mc)
+    l = np.arange(m)
+    feats = Z[None, :, :] - meta.eta * (Z[point] @ Z.T)[:, :, None] * Z[point][:, None, :]   # (atoms, l, d)
+    weight = np.full(point.size, 1 / (m * n_mc))[:, None] * rep.rho[None, l]
+    estimate = np.einsum("al,ald->d", weight * rep.w, feats)
+    grad = meta.gradient(omega)
+    assert np.linalg.norm(estimate - grad) <= 0.1 * np.linalg.norm(grad)
+    assert rep.standard_errors["term_ii"] > 0 and rep.standard_errors["bound"] > 0
+    assert rep.bound >= rep.gap and any("Monte Carlo" in note for note in rep.notes)
+    assert rep.L_omega == pytest.approx(meta.objective(omega) + 0.125, rel=1e-12)
+
+
+def test_population_mode_with_vanishing_noise_recovers_the_exact_terms():
+    meta, X, Y, rng = shared_design(13, n=4, m=5)
+    omega, comp = rng.standard_normal((2, meta.n_params))
+    exact = theory.sl_gap(meta, omega, comp)
+    mc = theory.sl_gap(meta, omega, comp, noise=1e-4, n_mc=400, seed=0)
+    assert abs(mc.term_ii - exact.term_ii) <= 4 * mc.standard_errors["term_ii"] + 1e-12
+    assert mc.gap == pytest.approx(exact.gap, rel=1e-12)
+    assert mc.term_i == pytest.approx(exact.term_i, rel=1e-12)
+
+
+def test_population_mode_rejects_what_it_cannot_do():
+    meta, X, Y, rng = shared_design(14, loss="logistic")
+    with pytest.raises(ValueError, match="'noise' parameter of sl_gap needs the squared loss"):
+        theory.sl_gap(meta, np.zeros(meta.n_params), np.zeros(meta.n_params), noise=0.1)
+    meta, X, Y, rng = shared_design(14)
+    with pytest.raises(ValueError, match="'n_mc' parameter of sl_gap"):
+        theory.sl_gap(meta, np.zeros(meta.n_params), noise=0.1, n_mc=5)
+    with pytest.raises(ValueError, match="'noise' parameter of sl_gap"):
+        theory.sl_gap(meta, np.zeros(meta.n_params), noise=-1.0)

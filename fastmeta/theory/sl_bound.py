@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array, check_real_scalar
+from .._validation import as_float_array, check_int, check_real_scalar
 from ..linear_model import LinearModel
 from ..neural import TwoLayerReLU
 from ..sl import MetaSL
@@ -30,6 +30,7 @@ from .report import TermReport, times
 from .rl_bound import _ratio
 
 _OWNER = "sl_gap"
+_MC_BATCHES = 10
 
 
 class SLGapReport(TermReport):
@@ -53,9 +54,12 @@ class SLGapReport(TermReport):
     comparator : ndarray
         The theta used in place of theta*.
     grad_norm, R, L_omega, L_comparator : float
-    w, u : ndarray of shape (n, m, m)
-        w and u on the atoms (x_j, y_kj) (axes k, j) and the points x' = x_l (axis l).
+    w, u : ndarray of shape (n_atoms, m)
+        w and u on the atoms of M (x_j, y_kj), ordered (k, j) (Monte Carlo draws (x_j, y_js),
+        ordered (j, s), in population mode) and the points x' = x_l.
     rho : ndarray of shape (m,)
+    standard_errors : dict
+        Monte Carlo standard errors of term_ii, term_iii and bound (population mode; else empty).
     notes : list of str
     """
 
@@ -144,8 +148,34 @@ def exact_minimiser(meta: MetaSL) -> np.ndarray:
     return np.linalg.lstsq(np.vstack(blocks), np.concatenate(targets), rcond=None)[0]
 
 
+def _empirical_atoms(meta: MetaSL, Y: np.ndarray, h_omega: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Atoms (x_j, y_kj) of M, ordered (k, j): dD_i/dM, design point, mass, l'' at omega."""
+    n, m = Y.shape
+    same = Y[:, None, :] == Y[None, :, :]                      # [i, k, j]: y_ij == y_kj
+    RN = (n * same / same.sum(axis=0)[None]).reshape(n, n * m).T
+    _, d2 = _loss_derivatives(meta, np.broadcast_to(h_omega, Y.shape), Y)
+    return RN, np.tile(np.arange(m), n), np.full(n * m, 1.0 / (n * m)), d2.ravel()
+
+
+def _gaussian_atoms(Y: np.ndarray, noise: float, n_mc: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Monte Carlo atoms of M when y = h_i(x) + N(0, noise^2): y_js ~ M(.|x_j), ordered (j, s).
+
+    dD_i/dM(x, y) = N(y; h_i(x), noise^2) / (1/n sum_k N(y; h_k(x), noise^2)), computed in
+    log space so that far tails do not underflow to 0/0.
+    """
+    n, m = Y.shape
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, n, size=(m, n_mc))
+    y = Y[k, np.arange(m)[:, None]] + noise * rng.standard_normal((m, n_mc))
+    logp = -0.5 * ((y[None, :, :] - Y[:, :, None]) / noise) ** 2          # [i, j, s]
+    logp -= logp.max(axis=0, keepdims=True)
+    p = np.exp(logp)
+    RN = (n * p / p.sum(axis=0, keepdims=True)).reshape(n, m * n_mc).T
+    return RN, np.repeat(np.arange(m), n_mc), np.full(m * n_mc, 1.0 / (m * n_mc)), np.ones(m * n_mc)
+
+
 def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1.0,
-           rho: Any = None, *, seed: int = 0) -> SLGapReport:
+           rho: Any = None, *, noise: float | None = None, n_mc: int = 200, seed: int = 0) -> SLGapReport:
     """Evaluate Theorem 4.4 at omega: the gap, the three terms and the bound (4.16).
 
     Parameters
@@ -165,8 +195,16 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
     rho : array_like of shape (m,), optional
         The law on the design points defining L2(rho); default the x-marginal of M
         (uniform). Every point needs rho > 0, else dR_i/dh does not exist.
+    noise : float, optional
+        Population mode: read each task's labels as the noise-free means h_i(x_j) of
+        y = h_i(x) + N(0, noise^2) (squared loss only). L, its gradient and dR_i/dh are then
+        exact (the noise integrates out), while dD_i/dM depends on y and terms (ii)-(iii)
+        are integrals over y, computed by seeded Monte Carlo with standard errors in
+        ``report.standard_errors`` (batch means over 10 batches).
+    n_mc : int, default 200
+        Monte Carlo draws of y per design point (>= 20), population mode only.
     seed : int, default 0
-        Seed of the comparator search (when one is needed).
+        Seed of the comparator search (when one is needed) and of the Monte Carlo draws.
 
     Returns
     -------
@@ -206,6 +244,12 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
             from .search import best_found
             comparator = best_found(meta, seed=seed).theta
     comparator = meta._check_params(comparator, _OWNER)
+    if noise is not None:
+        noise = check_real_scalar(noise, "noise", _OWNER, low=0.0)
+        n_mc = check_int(n_mc, "n_mc", _OWNER, low=2 * _MC_BATCHES)
+        if meta.loss != "squared":
+            raise ValueError(f"The 'noise' parameter of {_OWNER} needs the squared loss (then the Gaussian noise "
+                             f"integrates out of the risk). Got loss={meta.loss!r} instead.")
     notes: list[str] = []
 
     L_omega, grad = meta.value_and_grad(omega)
@@ -216,38 +260,57 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
     d1_adapted, _ = _loss_derivatives(meta, H_omega, Y)
     a = d1_adapted / (m * rho[None, :])                        # dR_i/dh_{omega_i}(x_l), (n, m)
     numerator = np.mean(a * (H_omega - H_comp), axis=0)        # of u, independent of (x, y); (m,)
-    same = (Y[:, None, :] == Y[None, :, :])                   # [i, k, j]: y_ij == y_kj
-    count = same.sum(axis=0)                                   # [k, j]
-    w = np.einsum("ikj,il->kjl", same, a) / count[:, :, None]  # (4.13) on atoms (k, j) and points l
-    u = _ratio(np.broadcast_to(numerator, w.shape).copy(), w)  # (4.14)
-    weight = np.broadcast_to(rho / (n * m), w.shape)
-    term_ii = float(np.sqrt(np.sum(weight * w * w)))
+    Z = _design_features(meta, X, omega)
+    K = Z @ Z.T
+    h_omega = Z @ omega if isinstance(meta.model, LinearModel) else meta.model.forward(omega, X)
+    if noise is None:
+        atoms = _empirical_atoms(meta, Y, h_omega)
+    else:
+        atoms = _gaussian_atoms(Y, noise, n_mc, seed)
+        L_omega, L_comp = L_omega + 0.5 * noise ** 2, L_comp + 0.5 * noise ** 2
+
+    def evaluate(subset: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, BallLeastSquares]:
+        RN, point, mass, d2 = (arr[subset] for arr in atoms)
+        w = RN @ a / n                                                 # (4.13) on (atom, x_l)
+        u = _ratio(np.broadcast_to(numerator, w.shape).copy(), w)      # (4.14)
+        weight = mass[:, None] * rho[None, :]
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            # (4.15): phi_l((x_j, y), x_l) = z_l - eta l''(h(x_j), y) z_j (z_j . z_l), rows ordered (atom, l).
+            atom, l = np.divmod(np.arange(start, stop), m)
+            j = point[atom]
+            return Z[l] - (meta.eta * d2[atom] * K[j, l])[:, None] * Z[j]
+
+        problem = BallLeastSquares(rows, w.size, Z.shape[1], weight.ravel(), u.ravel()[:, None])
+        return w, u, float(np.sqrt(np.sum(weight * w * w))), problem
+
+    w, u, term_ii, problem = evaluate(np.arange(atoms[0].shape[0]))
     if np.any(np.isinf(u)):
         notes.append(f"w vanishes at {int(np.isinf(u).sum())} points where the numerator of u does not: "
                      "u is not in L2(M x rho), term_iii = inf")
-
-    Z = _design_features(meta, X, omega)
-    _, d2 = _loss_derivatives(meta, np.broadcast_to(Z @ omega if isinstance(meta.model, LinearModel)
-                                                    else meta.model.forward(omega, X), Y.shape), Y)
-    K = Z @ Z.T
-    d = Z.shape[1]
-
-    def rows(start: int, stop: int) -> np.ndarray:
-        # (4.15): phi_l((x_j, y_kj), x_l) = z_l - eta l''_{kj} z_j (z_j . z_l), rows ordered (k, j, l).
-        idx = np.arange(start, stop)
-        k, rem = np.divmod(idx, m * m)
-        j, l = np.divmod(rem, m)
-        return Z[l] - (meta.eta * d2[k, j] * K[j, l])[:, None] * Z[j]
-
-    problem = BallLeastSquares(rows, n * m * m, d, weight.ravel(), u.ravel()[:, None])
     if R is None:
         bound, R_used = minimise_over_radius(problem, 0, grad_norm, term_ii)
     else:
         R_used = R
-    proj = problem.solve(0, R_used if np.isfinite(R_used) else 0.0)
+    R_eval = R_used if np.isfinite(R_used) else 0.0
+    proj = problem.solve(0, R_eval)
     term_i = R_used * grad_norm if np.isfinite(R_used) else math.inf
     if R is not None:
         bound = term_i + times(term_ii, proj.value)
+    se = {}
+    if noise is not None:
+        # Standard errors from batch means: the terms recomputed on disjoint batches of the samples.
+        batch_of = np.arange(atoms[0].shape[0]) % n_mc * _MC_BATCHES // n_mc
+        per_batch = []
+        for b in range(_MC_BATCHES):
+            _, _, t2, prob = evaluate(np.flatnonzero(batch_of == b))
+            t3 = prob.solve(0, R_eval).value
+            per_batch.append((t2, t3, term_i + times(t2, t3)))
+        spread = np.std(np.array(per_batch), axis=0, ddof=1) / np.sqrt(_MC_BATCHES)
+        se = dict(zip(("term_ii", "term_iii", "bound"), (float(x) for x in spread)))
+        notes.append(f"y integrated by Monte Carlo ({n_mc} draws per design point, seed {seed}): standard errors "
+                     f"term_ii {se['term_ii']:.3g}, term_iii {se['term_iii']:.3g}, bound {se['bound']:.3g} "
+                     f"(batch means); L includes the noise floor noise^2/2")
     if isinstance(meta.model, TwoLayerReLU):
         flips = sum(int(np.sum((X @ meta.adapt(omega, t).reshape(meta.model.width, -1).T > 0)
                                != (X @ omega.reshape(meta.model.width, -1).T > 0))) for t in meta.tasks)
@@ -261,5 +324,5 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
     rep.term_i, rep.term_ii, rep.term_iii, rep.bound = term_i, term_ii, proj.value, bound
     rep.linearised_gap = float(np.sum(rho * numerator))
     rep.comparator, rep.omega, rep.rho, rep.w, rep.u, rep.v = comparator, omega, rho, w, u, proj.v
-    rep.notes = notes
+    rep.notes, rep.standard_errors = notes, se
     return rep
