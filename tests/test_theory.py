@@ -158,7 +158,9 @@ def test_unreachable_start_makes_the_affected_terms_inf_not_nan():
     tasks = [fastmeta.TabularMDP(P, rng.uniform(-1, 1, (S, A)), 0.8, init) for _ in range(2)]
     phi = rng.standard_normal((S, A, 3))
     meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), solver="dense")
-    rep = theory.rl_gap(meta, rng.standard_normal(3), rng.standard_normal(3))
+    omega, comp = rng.standard_normal((2, 3))
+    assert not any(np.isnan(v) for v in theory.rl_gap(meta, omega, comp, R=None).to_dict().values())
+    rep = theory.rl_gap(meta, omega, comp)
     assert np.all(rep.varrho[0] == 0.0)
     for name in ("C0", "gbar_norm", "projection", "projection_printed", "bound_printed", "bound_consistent",
                  "bound_sharp"):

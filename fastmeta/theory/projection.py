@@ -160,10 +160,11 @@ def minimise_over_radius(problem: BallLeastSquares, k: int, eps: float, scale: f
 
     The projection is convex and non-increasing in R and constant beyond the norm of
     the minimum-norm solution, so the minimum lies in [0, that norm] and a bounded
-    scalar search on a convex function finds it; both ends are compared as well.
+    scalar search on a convex function finds it; both ends are compared as well. When the
+    bound is infinite for every R, the radius returned is 0.
     """
     if problem.infinite[k] or not np.isfinite(scale):
-        return np.inf, np.nan
+        return np.inf, 0.0
     top = problem.min_norm(k)
 
     def bound(R: float) -> float:

@@ -334,8 +334,7 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
             R_opt[name] = R
     R_used = R_opt["sharp"] if R is None else R
     R_printed = R_opt["printed"] if R is None else R
-    proj = problem.solve(0, R_used) if np.isfinite(R_used) else problem.solve(0, 0.0)
-    proj_p = problem.solve(1, R_printed) if np.isfinite(R_printed) else problem.solve(1, 0.0)
+    proj, proj_p = problem.solve(0, R_used), problem.solve(1, R_printed)
 
     rep = RLGapReport()
     rep.gap, rep.L_omega, rep.L_comparator = L_comp - L_omega, L_omega, L_comp

@@ -16,7 +16,6 @@ R_i in h, L(omega) - L(theta*) <= E_{M x rho}[u w]; Cauchy-Schwarz gives (4.16).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -292,9 +291,8 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
         bound, R_used = minimise_over_radius(problem, 0, grad_norm, term_ii)
     else:
         R_used = R
-    R_eval = R_used if np.isfinite(R_used) else 0.0
-    proj = problem.solve(0, R_eval)
-    term_i = R_used * grad_norm if np.isfinite(R_used) else math.inf
+    proj = problem.solve(0, R_used)
+    term_i = R_used * grad_norm
     if R is not None:
         bound = term_i + times(term_ii, proj.value)
     se = {}
@@ -304,7 +302,7 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
         per_batch = []
         for b in range(_MC_BATCHES):
             _, _, t2, prob = evaluate(np.flatnonzero(batch_of == b))
-            t3 = prob.solve(0, R_eval).value
+            t3 = prob.solve(0, R_used).value
             per_batch.append((t2, t3, term_i + times(t2, t3)))
         spread = np.std(np.array(per_batch), axis=0, ddof=1) / np.sqrt(_MC_BATCHES)
         se = dict(zip(("term_ii", "term_iii", "bound"), (float(x) for x in spread)))
