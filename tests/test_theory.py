@@ -405,7 +405,8 @@ def test_bound_command_prints_terms_and_a_trajectory(family, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [["--steps", "0"], ["--R", "-1"], ["--gamma", "1.5"], ["--family", "nope"],
-                                 ["--tasks", "two"], ["--eta", "nan"], ["--lr", "0"]])
+                                 ["--tasks", "two"], ["--eta", "nan"], ["--lr", "0"],
+                                 ["--seed", "-1"], ["--family", "grid", "--features", "6"]])
 def test_bound_command_rejects_bad_options_at_parse_time(bad, capsys):
     from fastmeta import cli
     with pytest.raises(SystemExit) as exc:

@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -81,18 +91,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--R", dest="radius", type=_radius, default=None,
                    help="ball radius R (> 0), or 'none' to minimise each bound over R (default)")
     p.add_argument("--starts", type=_positive_int, default=4, help="starts of the comparator search (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the family and of the search (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the family and of the search (default 0)")
     p.add_argument("--plot", default="fastmeta_bound.png", help="plot file ('' for none)")
+    # Checks that involve two options run right after parsing, through this parser's error().
+    p.set_defaults(bound_parser=p)
     return p
+
+
+def _check_combination(args: argparse.Namespace) -> None:
+    if args.family == "grid" and args.features % 4:
+        args.bound_parser.error(f"argument --features: must be a multiple of 4 for --family grid, "
+                                f"got {args.features}")
 
 
 def _rl_problem(args: argparse.Namespace):
     import fastmeta
 
     if args.family == "grid":
-        if args.features % 4:
-            raise SystemExit(f"fastmeta bound: --features must be a multiple of 4 for the grid family, got "
-                             f"{args.features}")
         size = max(2, int(round(math.sqrt(args.states))))
         tasks, phi = fastmeta.tasks.gridworld_goals(args.tasks, size, gamma=args.gamma, n_features=args.features,
                                                     seed=args.seed)
@@ -125,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     """Train, evaluate the bound along the way, print the final table, save the plot."""
     from . import best_found, rl_gap, sl_gap
 
+    _check_combination(args)
     rl = args.family in RL_FAMILIES
     meta = _rl_problem(args) if rl else _sl_problem(args)
     lr = args.lr if args.lr is not None else (5.0 if rl else 0.1)
