@@ -140,7 +140,7 @@ def main(argv=None) -> int:
               f"median {sl['median_ms']:.1f} ms, min {sl['min_ms']:.1f} ms", ""]
     text = "\n".join(lines)
     print(text)
-    out = ROOT / "bench_results" / "theory.md" if args.publish else Path(tempfile.gettempdir()) / "fastmeta-bench" / "theory.md"
+    out = (ROOT / "bench_results" if args.publish else Path(tempfile.gettempdir()) / "fastmeta-bench") / "theory.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"\nwritten to {out}")

@@ -43,7 +43,8 @@ _OWNER = "rl_gap"
 
 def _check_meta(meta: Any, owner: str) -> MetaRL:
     if not isinstance(meta, MetaRL):
-        raise TypeError(f"The 'meta' parameter of {owner} must be a fastmeta.MetaRL. Got {type(meta).__name__} instead.")
+        raise TypeError(f"The 'meta' parameter of {owner} must be a fastmeta.MetaRL. "
+                        f"Got {type(meta).__name__} instead.")
     return meta
 
 

@@ -75,7 +75,8 @@ def best_found(meta: MetaRL | MetaSL, starts: int = 8, seed: int | np.random.Gen
     maxiter = check_int(maxiter, "maxiter", _OWNER, low=1)
     grid_points = check_int(grid_points, "grid_points", _OWNER, low=2)
     radius = 3.0 * scale if grid_radius is None else check_real_scalar(grid_radius, "grid_radius", _OWNER, low=0.0)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(check_int(seed, "seed", _OWNER, low=0))
+    rng = (seed if isinstance(seed, np.random.Generator)
+           else np.random.default_rng(check_int(seed, "seed", _OWNER, low=0)))
     sign = -1.0 if maximize else 1.0
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:

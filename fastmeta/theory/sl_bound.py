@@ -13,6 +13,9 @@ design points (default: the x-marginal of M, uniform) and l', l'' the loss deriv
 
 and then, exactly, E_{M x rho}[phi_{l,omega} w] = grad L(omega), and by convexity of each
 R_i in h, L(omega) - L(theta*) <= E_{M x rho}[u w]; Cauchy-Schwarz gives (4.16).
+
+With y = h_i(x) + N(0, s^2) (``noise=s``), dD_i/dM(x, y) is a ratio of Gaussian densities that
+depends on y, and the integrals over y in terms (ii) and (iii) are taken by seeded Monte Carlo.
 """
 from __future__ import annotations
 
@@ -216,7 +219,8 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
     omega); a note counts the activations that flip.
     """
     if not isinstance(meta, MetaSL):
-        raise TypeError(f"The 'meta' parameter of {_OWNER} must be a fastmeta.MetaSL. Got {type(meta).__name__} instead.")
+        raise TypeError(f"The 'meta' parameter of {_OWNER} must be a fastmeta.MetaSL. "
+                        f"Got {type(meta).__name__} instead.")
     if meta.first_order:
         raise ValueError(f"The 'meta' parameter of {_OWNER} must use the exact meta-gradient (first_order=False): "
                          "Theorem 4.4 bounds the gap of a stationary point of L itself.")
@@ -225,6 +229,12 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
     omega = meta._check_params(omega, _OWNER)
     if R is not None:
         R = check_real_scalar(R, "R", _OWNER, low=0.0)
+    if noise is not None:
+        noise = check_real_scalar(noise, "noise", _OWNER, low=0.0)
+        n_mc = check_int(n_mc, "n_mc", _OWNER, low=2 * _MC_BATCHES)
+        if meta.loss != "squared":
+            raise ValueError(f"The 'noise' parameter of {_OWNER} needs the squared loss (then the Gaussian noise "
+                             f"integrates out of the risk). Got loss={meta.loss!r} instead.")
     if rho is None:
         rho = np.full(m, 1.0 / m)
     else:
@@ -243,12 +253,6 @@ def sl_gap(meta: MetaSL, omega: Any, comparator: Any = None, R: float | None = 1
             from .search import best_found
             comparator = best_found(meta, seed=seed).theta
     comparator = meta._check_params(comparator, _OWNER)
-    if noise is not None:
-        noise = check_real_scalar(noise, "noise", _OWNER, low=0.0)
-        n_mc = check_int(n_mc, "n_mc", _OWNER, low=2 * _MC_BATCHES)
-        if meta.loss != "squared":
-            raise ValueError(f"The 'noise' parameter of {_OWNER} needs the squared loss (then the Gaussian noise "
-                             f"integrates out of the risk). Got loss={meta.loss!r} instead.")
     notes: list[str] = []
 
     L_omega, grad = meta.value_and_grad(omega)
