@@ -177,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof.add_argument("--repeats", type=int, default=3)
     prof.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
+    from .theory import command as bound_command
+    bound_command.add_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "bound":
+        bound_command.run(args)
+        return 0
     if args.command == "demo":
         if args.sl:
             from .demo_sl import run_sl_demo
