@@ -86,7 +86,7 @@ class LinearModel:
 
     def transform(self, X: Any) -> np.ndarray:
         """phi(X) of shape (N, d) for inputs X of shape (N, in_dim)."""
-        X = as_float_array(X, "X", "LinearModel.transform", ndim=2)
+        X = as_float_array(X, "X", "LinearModel.transform", ndim=2, shape_text="(N, in_dim)")
         return self._transform(X)
 
     def forward(self, params: Any, X: Any) -> np.ndarray:
