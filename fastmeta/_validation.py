@@ -136,5 +136,5 @@ def check_computed_finite(value: Any, quantity: str, owner: str, hint: str = "")
         flat = arr.ravel()
         bad = int(np.flatnonzero(~np.isfinite(flat))[0])
         where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.unravel_index(bad, arr.shape))}"
-        raise FloatingPointError(f"{owner}: {quantity} overflowed the float64 range ({flat[bad]!r}{where}). "
+        raise FloatingPointError(f"{owner}: {quantity} overflowed the float64 range ({float(flat[bad])!r}{where}). "
                                  f"{hint}".rstrip())

@@ -99,7 +99,9 @@ class TabularMDP:
                              f"{total!r} instead.")
         if abs(total - 1.0) > EXACT_TOL:
             init = init / total
-        self.init = init
+        # Private read-only copies (O(S A), small next to P): the caller's arrays stay
+        # writable, and changing them cannot change this task.
+        self.r, self.init = self.r.copy(), init.copy()
         for arr in (self.r, self.init):
             arr.flags.writeable = False
 

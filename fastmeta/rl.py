@@ -51,8 +51,9 @@ from .energy import Energy
 from .mdp import TabularMDP
 
 _OWNER = "MetaRL"
-_OVERFLOW_HINT = ("Its exact value is beyond float64: the gradient grows like eta * r^2 / tau, so rescale the "
-                  "rewards (with eta scaled inversely the policies are unchanged) or lower eta.")
+_OVERFLOW_HINT = ("Its exact value is beyond float64: L grows like r, its gradient like r / tau and "
+                  "eta r^2 / tau. Rescale the rewards (scaling r by k and eta by 1/k scales L and its "
+                  "gradient by k exactly) or raise tau.")
 
 
 @dataclass

@@ -166,3 +166,13 @@ def test_non_numeric_input():
 
 def test_repr_mentions_sizes():
     assert "S=4, A=2" in repr(TabularMDP(*_valid()))
+
+
+def test_the_callers_arrays_stay_writable_and_cannot_change_the_task():
+    P, r, g, init = _valid()
+    task = TabularMDP(P, r, g, init)
+    r0 = r[0, 0]
+    r[0, 0] += 1.0
+    init[0] = 5.0
+    P[0, 0, 0] = 7.0
+    assert task.r[0, 0] == r0 and task.init[0] == 0.25 and task.P[0, 0] != 7.0

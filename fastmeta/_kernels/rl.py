@@ -221,10 +221,15 @@ def add_meta_term(xi, pi, adv, c, out):
     if c == 0.0:
         return  # eta = 0: no inner step (and no 0 * inf from huge advantages)
     for s in prange(S):
+        if xi[s] == 0.0:
+            continue
+        # c xi first: with rewards scaled by k and eta by 1/k, c xi stays of order one,
+        # so the result scales by k exactly instead of overflowing through xi A ~ k^2.
+        cx = c * xi[s]
         for a in range(A):
-            w = xi[s] * pi[s, a] * adv[s, a]
+            w = pi[s, a] * adv[s, a]
             if w != 0.0:
-                out[s, a] += c * w
+                out[s, a] += cx * w
 
 
 @sized
