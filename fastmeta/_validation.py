@@ -138,3 +138,16 @@ def check_computed_finite(value: Any, quantity: str, owner: str, hint: str = "")
         where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.unravel_index(bad, arr.shape))}"
         raise FloatingPointError(f"{owner}: {quantity} overflowed the float64 range ({float(flat[bad])!r}{where}). "
                                  f"{hint}".rstrip())
+
+
+def check_seed(seed: Any, name: str, owner: str = "") -> np.random.Generator:
+    """A numpy Generator from an int >= 0 seed or a Generator (which is used, not copied)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"The '{name}' parameter{_where(owner)} must be an int seed or a "
+                        f"numpy.random.Generator. Got {_describe(seed)} instead.")
+    if seed < 0:
+        raise ValueError(f"The '{name}' parameter{_where(owner)} must be a non-negative int seed. "
+                         f"Got {seed} instead.")
+    return np.random.default_rng(int(seed))

@@ -160,3 +160,37 @@ def test_sparse_kernel_other_formats_are_checked():
     P = sp.random(8, 4, density=0.5, random_state=0, format="csr")
     with pytest.raises(ValueError, match="rows P"):
         TabularMDP(P.tocsc(), np.zeros((4, 2)), 0.9, np.ones(4) / 4)
+
+
+def test_task_generators_check_their_arguments():
+    from fastmeta.tasks import gridworld_goals, random_kernel
+
+    for region in [(0.9, 0.1, 0, 1), (0, 1, 0.5, 0.5), (0, 1.5, 0, 1), (0, 1, 0)]:
+        with pytest.raises(ValueError, match="'goal_region' parameter of gridworld_goals must be four fractions"):
+            gridworld_goals(2, 4, goal_region=region)
+    with pytest.raises(ValueError, match="'k' parameter of random_kernel must be an integer >= 1"):
+        random_kernel(5, 2, 0, np.random.default_rng(0))
+    P = random_kernel(5, 2, 2, 7)  # an int seed works like default_rng(7)
+    Q = random_kernel(5, 2, 2, np.random.default_rng(7))
+    assert (P != Q).nnz == 0
+    with pytest.raises(TypeError, match="'rng' parameter of random_kernel must be an int seed or a numpy.random.Generator"):
+        random_kernel(5, 2, 2, "seed")
+    with pytest.raises(TypeError, match="'seed' parameter of gridworld_goals must be an int seed"):
+        gridworld_goals(2, 4, seed=1.5)
+
+
+def test_polynomial_features_are_sized_before_they_are_built():
+    model = LinearModel("polynomial", degree=25)
+    with pytest.raises(ValueError, match=r"'degree' parameter of LinearModel is too large .* = 1.84e\+08 monomials"):
+        model.n_params(10)
+    with pytest.raises(ValueError, match="'degree' parameter of LinearModel is too large"):
+        MetaSL([SLTask(np.ones((2, 10)), np.ones(2))], model)
+    assert LinearModel("polynomial", degree=3).n_params(4) == 35
+
+
+def test_family_expectation_needs_at_least_one_function():
+    from fastmeta import visitation
+
+    tasks, _ = fastmeta.tasks.random_mdps(1, 5, 2, k=2, seed=0)
+    with pytest.raises(ValueError, match=r"'g' parameter of family_expectation must have shape .* with k >= 1"):
+        visitation.family_expectation(tasks[0], np.full((5, 2), 0.5), np.zeros((5, 2, 0)))
