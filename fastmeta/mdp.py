@@ -129,7 +129,7 @@ def _canonical_kernel(P: Any, S: int, A: int) -> tuple[sp.csr_matrix, str]:
                              f"Got shape {P.shape} instead.")
         if P.dtype.kind not in "biuf":
             raise TypeError(f"The 'P' parameter of {_OWNER} must hold real numbers. Got dtype {P.dtype} instead.")
-        if sp.isspmatrix_csr(P) and P.dtype == np.float64:
+        if P.format == "csr" and P.dtype == np.float64:
             # Equal content to a kernel already validated and frozen: share it (no copy).
             hit = _INTERNED.get(csr_fingerprint(P))
             if hit is not None:
@@ -154,7 +154,7 @@ def _canonical_kernel(P: Any, S: int, A: int) -> tuple[sp.csr_matrix, str]:
 
 def _checked_csr_copy(P: Any, S: int, A: int) -> sp.csr_matrix:
     """A private canonical float64 CSR copy of a sparse P, after checking its structure."""
-    if sp.isspmatrix_csr(P) or sp.isspmatrix_csc(P) or sp.isspmatrix_bsr(P):
+    if P.format in ("csr", "csc", "bsr"):  # matrices and arrays alike
         try:
             # Index arrays out of range or inconsistent would make every kernel read
             # out of bounds; scipy's own constructors do not check this by default.

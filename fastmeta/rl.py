@@ -27,8 +27,8 @@ of parameters:
     dL_i/df(s,a) = 1/(1-gamma) [ sigma_i A_i / tau
                                  + eta gamma / ((1-gamma) tau) xi_i(s) pi(a|s) A(s,a) ]
 
-and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks that share one
-kernel object and discount also share the main effect's matrix M, so its
+and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks with equal kernels
+(same content, see TabularMDP.kernel_fingerprint) and discount also share the main effect's matrix M, so its
 factorisation is built once for all of them.
 """
 from __future__ import annotations
@@ -211,7 +211,7 @@ class MetaRL:
         self.maxiter = None if maxiter is None else check_int(maxiter, "maxiter", _OWNER, low=1)
         self.n_states, self.n_actions = S, A
         # One symbolic pattern per distinct kernel (by content); tasks sharing P share it.
-        self._patterns: dict[int, PolicyPattern] = {}
+        self._patterns: dict[str, PolicyPattern] = {}
         self._task_pattern: list[PolicyPattern] = []
         for task in self.tasks:
             key = task.kernel_fingerprint

@@ -40,3 +40,15 @@ def numba_threads():
     old = numba.get_num_threads()
     yield numba.set_num_threads
     numba.set_num_threads(old)
+
+
+# Property tests: a fixed, deterministic and fast profile, so CI runs the same examples
+# every time (derandomize) and a slow first call (Numba compiling) is not a failure.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the `test` extra; only test_properties.py needs it
+    pass
+else:
+    settings.register_profile("fastmeta", derandomize=True, max_examples=25, deadline=None,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("fastmeta")

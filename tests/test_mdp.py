@@ -78,6 +78,10 @@ def test_out_of_range_or_inconsistent_sparse_indices_are_refused():
     bad.indices[5] = 40
     with pytest.raises(ValueError, match="'P' parameter of TabularMDP must be a well-formed sparse matrix"):
         TabularMDP(bad, r, g, init)
+    bad = sp.csr_array((Ps.data.copy(), Ps.indices.copy(), Ps.indptr.copy()), shape=(8, 4))
+    bad.indices[0] = -3
+    with pytest.raises(ValueError, match="'P' parameter of TabularMDP must be a well-formed sparse matrix"):
+        TabularMDP(bad, r, g, init)
     bad = sp.csr_matrix((Ps.data.copy(), Ps.indices.copy(), Ps.indptr.copy()), shape=(8, 4))
     bad.indptr[3] = 1000
     with pytest.raises(ValueError, match="'P' parameter of TabularMDP must be a well-formed sparse matrix"):

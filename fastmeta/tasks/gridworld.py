@@ -50,8 +50,8 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
                     seed: int | np.random.Generator = 0) -> tuple[list[TabularMDP], np.ndarray]:
     """A family of gridworld tasks that differ in their goal cell.
 
-    All tasks share one kernel object (so its memory, its validation and the
-    main effect's factorisation are shared); task i pays reward 1 in every step
+    All tasks share one kernel (one canonical copy in memory, and one main-effect
+    factorisation per step); task i pays reward 1 in every step
     spent at its goal g_i: r_i(s, a) = 1[s = g_i]. With the paper's (1-gamma)
     normalisation J_i is then the discounted fraction of time spent at the goal.
 
