@@ -304,7 +304,7 @@ def test_bad_inputs_raise_clear_errors():
     meta = MetaSL([SLTask(X, y)], LinearModel(), eta=0.1)
     with pytest.raises(ValueError, match="'params' parameter of MetaSL.gradient must contain only finite"):
         meta.gradient(np.array([np.nan, 0.0]))
-    with pytest.raises(ValueError, match="must have shape \\(2,\\)"):
+    with pytest.raises(ValueError, match="must have shape \\(n_params,\\) = \\(2,\\)"):
         meta.objective(np.zeros(3))
     with pytest.raises(ValueError, match="'eta' parameter of MetaSL must be in \\[0, inf\\)"):
         MetaSL([SLTask(X, y)], LinearModel(), eta=-1.0)
