@@ -347,10 +347,10 @@ def _loop(value_and_grad, theta, *, steps, schedule, maximize, tol, project, pat
     if path is not None:
         # The final state, likewise without the entry at theta_T: a resumed run recomputes
         # it (bit for bit), so resuming a finished or converged run adds no duplicate.
-        save_final = (objective.pop(), grad_norm.pop())
+        last = objective.pop(), grad_norm.pop()
         save(step)
-        objective.append(save_final[0])
-        grad_norm.append(save_final[1])
+        objective.append(last[0])
+        grad_norm.append(last[1])
     return FitResult(theta=theta, objective=np.asarray(objective), grad_norm=np.asarray(grad_norm),
                      steps=step, converged=converged, seconds=time.perf_counter() - start,
                      extra={"resumed_from": first, "checkpoint": path})
