@@ -49,10 +49,10 @@ def _check_meta(meta: Any, owner: str) -> MetaRL:
 
 
 def _groups(meta: MetaRL) -> list[list[int]]:
-    """Tasks sharing one kernel object and discount share the main effect's matrix M."""
-    groups: dict[tuple[int, float], list[int]] = {}
+    """Tasks sharing one kernel (by content) and discount share the main effect's matrix M."""
+    groups: dict[tuple[str, float], list[int]] = {}
     for i, task in enumerate(meta.tasks):
-        groups.setdefault((id(task.P), task.gamma), []).append(i)
+        groups.setdefault((task.kernel_fingerprint, task.gamma), []).append(i)
     return list(groups.values())
 
 
