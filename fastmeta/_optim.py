@@ -162,7 +162,8 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
                         tol: float = 0.0, project: Callable[[np.ndarray], np.ndarray] | None = None,
                         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                         resume: bool | str | os.PathLike = False, progress: bool = True,
-                        optimizer: str = "gd", tag: str = "", owner: str = "fit") -> FitResult:
+                        optimizer: str = "gd", tag: str = "", owner: str = "fit",
+                        step_aware: bool = False) -> FitResult:
     """Run ``steps`` gradient steps in total (counting resumed ones) from ``theta0``.
 
     ``optimizer="gd"`` is the plain update of (3.5)/(4.5), theta +- alpha_l grad;
@@ -170,7 +171,8 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
     0.999, eps 1e-8), whose state is checkpointed with theta. ``resume`` may be True
     (continue from ``checkpoint`` if that file exists) or a path. ``tag`` describes
     the problem and the settings; resuming a checkpoint written with a different
-    tag is refused, because it would silently mix runs.
+    tag is refused, because it would silently mix runs. With ``step_aware`` the
+    objective is called as ``value_and_grad(theta, step)`` (fresh tasks every step).
     """
     steps = check_int(steps, "steps", owner, low=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", owner, low=1)
@@ -212,7 +214,7 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
     converged = False
     try:
         while step < steps:
-            value, grad = value_and_grad(theta)
+            value, grad = value_and_grad(theta, step) if step_aware else value_and_grad(theta)
             gnorm = float(np.linalg.norm(grad))
             if not (np.isfinite(value) and np.isfinite(gnorm)):
                 raise FloatingPointError(f"{owner}: the objective or its gradient became non-finite at "
