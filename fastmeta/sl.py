@@ -18,12 +18,12 @@ adds the curvature term 1/N sum_j l'(h_j) d^2 h_j/dtheta^2 v by the R-operator.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._fingerprint import array_digest
 from ._kernels import sl as _ksl
 from ._optim import FitResult, StepSize, run_gradient_method
 from ._validation import (as_float_array, check_choice, check_finite, check_int,
@@ -33,7 +33,7 @@ from .models.protocol import Predictor
 _LOSSES = ("squared", "logistic")
 _LOSS_CODE = {"squared": _ksl.SQUARED, "logistic": _ksl.LOGISTIC}
 _PROTOCOL = ("in_dim", "n_params", "predict", "vjp", "hvp", "init_params", "project", "config")
-TaskSampler = Callable[[np.random.Generator, int], Sequence["SLTask"]]
+TaskSampler = Callable[[np.random.Generator, int], "Sequence[SLTask] | TaskBatch"]
 
 
 class SLTask:
@@ -96,6 +96,63 @@ class SLTask:
         return f"SLTask(n_support={self.X.shape[0]}, in_dim={self.in_dim}{q})"
 
 
+class TaskBatch:
+    """n tasks with equal sample counts as stacked arrays: the cheap form of fresh tasks.
+
+    A sampler for ``MetaSL.fit`` may return a TaskBatch instead of a list of SLTask;
+    MetaSL then packs it with a few array operations (no per-task Python objects).
+
+    Parameters
+    ----------
+    X : array_like of shape (n, K, p)
+        Support inputs of every task.
+    y : array_like of shape (n, K)
+    X_query, y_query : array_like of shape (n, K_q, p) and (n, K_q), optional
+        Query sets; give both or neither (without them, query = support).
+    info : dict, optional
+        Free-form description of the draw (e.g. the amplitudes and phases).
+    """
+
+    def __init__(self, X: Any, y: Any, X_query: Any = None, y_query: Any = None, *,
+                 info: dict | None = None) -> None:
+        owner = "TaskBatch"
+        self.X = as_float_array(X, "X", owner, ndim=3)
+        n, k, p = self.X.shape
+        if min(n, k, p) < 1:
+            raise ValueError(f"The 'X' parameter of TaskBatch must have shape (n, K, p) with every dimension "
+                             f">= 1. Got shape {self.X.shape} instead.")
+        self.y = as_float_array(y, "y", owner, shape=(n, k))
+        if (X_query is None) != (y_query is None):
+            raise ValueError("The 'X_query' and 'y_query' parameters of TaskBatch must be given together.")
+        if X_query is None:
+            self.X_query = self.y_query = None
+        else:
+            self.X_query = as_float_array(X_query, "X_query", owner, shape=(n, None, p))
+            if self.X_query.shape[1] < 1:
+                raise ValueError("The 'X_query' parameter of TaskBatch must hold at least one sample per task. "
+                                 f"Got shape {self.X_query.shape} instead.")
+            self.y_query = as_float_array(y_query, "y_query", owner, shape=self.X_query.shape[:2])
+        self.info = {} if info is None else dict(info)
+
+    @property
+    def n_tasks(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def in_dim(self) -> int:
+        return self.X.shape[2]
+
+    def tasks(self) -> list[SLTask]:
+        """The batch as a list of SLTask (for ``adapt``, ``risk`` and the like)."""
+        if self.X_query is None:
+            return [SLTask(self.X[i], self.y[i]) for i in range(self.n_tasks)]
+        return [SLTask(self.X[i], self.y[i], self.X_query[i], self.y_query[i]) for i in range(self.n_tasks)]
+
+    def __repr__(self) -> str:
+        q = "" if self.X_query is None else f", k_query={self.X_query.shape[1]}"
+        return f"TaskBatch(n_tasks={self.n_tasks}, k_shot={self.X.shape[1]}, in_dim={self.in_dim}{q})"
+
+
 @dataclass(frozen=True)
 class PackedTasks:
     """Tasks as the compiled kernels take them: concatenated rows plus offsets.
@@ -119,11 +176,7 @@ class PackedTasks:
 
     def fingerprint(self) -> str:
         """Content hash of the arrays (the same in every process)."""
-        h = hashlib.sha1()
-        for arr in (self.Zs, self.ys, self.offs, self.Zq, self.yq, self.offq):
-            h.update(str(arr.shape).encode())
-            h.update(arr.tobytes())
-        return h.hexdigest()[:16]
+        return array_digest(self.Zs, self.ys, self.offs, self.Zq, self.yq, self.offq)[:16]
 
 
 def _offsets(counts: list[int]) -> np.ndarray:
@@ -211,13 +264,15 @@ class MetaSL:
         theta = self._check_params(params, "MetaSL.value_and_grad")
         return self._run(theta, self._packed, self._grad_mode)
 
-    def pack(self, tasks: Sequence[SLTask] | SLTask) -> PackedTasks:
-        """Validate ``tasks`` against this problem and pack them for the kernels.
+    def pack(self, tasks: Sequence[SLTask] | SLTask | TaskBatch) -> PackedTasks:
+        """Validate ``tasks`` (SLTask objects or a TaskBatch) against this problem and pack them.
 
         ``fit(sampler=...)`` calls this on every step's fresh tasks; ``value_and_grad_on``
         takes the result.
         """
         owner = "MetaSL.pack"
+        if isinstance(tasks, TaskBatch):
+            return self._pack_batch(tasks, owner)
         tasks = self._check_tasks(tasks, owner)
         for i, task in enumerate(tasks):
             if task.in_dim != self.in_dim:
@@ -237,6 +292,26 @@ class MetaSL:
             offq = _offsets([t.split("query")[0].shape[0] for t in tasks])
         else:
             Zq, yq, offq = Zs, ys, offs
+        return PackedTasks(Zs, ys, offs, Zq, yq, offq)
+
+    def _pack_batch(self, batch: TaskBatch, owner: str) -> PackedTasks:
+        if batch.in_dim != self.in_dim:
+            raise ValueError(f"The 'tasks' parameter of {owner} must hold tasks of input dimension "
+                             f"{self.in_dim}. Got a TaskBatch of in_dim={batch.in_dim} instead.")
+        n, k, p = batch.X.shape
+        Zs = self._inputs(batch.X.reshape(n * k, p))
+        ys = batch.y.reshape(n * k)
+        offs = np.arange(0, n * k + 1, k, dtype=np.int64)
+        if batch.X_query is None:
+            Zq, yq, offq = Zs, ys, offs
+        else:
+            kq = batch.X_query.shape[1]
+            Zq = self._inputs(batch.X_query.reshape(n * kq, p))
+            yq = batch.y_query.reshape(n * kq)
+            offq = np.arange(0, n * kq + 1, kq, dtype=np.int64)
+        if self.loss == "logistic":
+            self._check_labels(ys, "tasks.y (flattened)", owner)
+            self._check_labels(yq, "tasks.y_query (flattened)", owner)
         return PackedTasks(Zs, ys, offs, Zq, yq, offq)
 
     def value_and_grad_on(self, params: Any, packed: PackedTasks) -> tuple[float, np.ndarray]:
@@ -277,8 +352,9 @@ class MetaSL:
         sampler : callable, optional
             Fresh tasks every step (Finn et al.'s protocol): step l calls
             ``sampler(numpy.random.default_rng([seed, l]), l)`` and takes the meta-gradient
-            over the tasks it returns, instead of over ``self.tasks``. The families of
-            :mod:`fastmeta.tasks` provide samplers (e.g. ``SinusoidSampler``). Because
+            over the tasks it returns (a list of SLTask or a :class:`TaskBatch`), instead
+            of over ``self.tasks``. The families of
+            :mod:`fastmeta.tasks` provide samplers (e.g. ``sinusoid_sampler``). Because
             step l's Generator is a function of (seed, l), a resumed run draws exactly
             the tasks the uninterrupted run would have drawn.
         seed : int, default 0

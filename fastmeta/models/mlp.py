@@ -69,14 +69,15 @@ class MLP:
         self._sizes = np.asarray(self.sizes, dtype=np.int64)
         self._woff = np.empty(n_layers, dtype=np.int64)
         self._boff = np.empty(n_layers, dtype=np.int64)
-        self._uoff = np.zeros(n_layers + 1, dtype=np.int64)
+        self._uoff = np.zeros(n_layers + 2, dtype=np.int64)
+        self._uoff[1] = self.in_dim
         pos = 0
         for l in range(n_layers):
             self._woff[l] = pos
             pos += self.sizes[l] * self.sizes[l + 1]
             self._boff[l] = pos
             pos += self.sizes[l + 1]
-            self._uoff[l + 1] = self._uoff[l] + self.sizes[l + 1]
+            self._uoff[l + 2] = self._uoff[l + 1] + self.sizes[l + 1]
         self.n_params = pos
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
             check_int(seed, "seed", owner, low=0))

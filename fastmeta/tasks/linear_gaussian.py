@@ -8,6 +8,7 @@ import numpy as np
 from .._validation import as_float_array, check_int, check_real_scalar
 from ..linear_model import LinearModel
 from ..sl import SLTask
+from .sampler import TaskSampler
 
 _OWNER = "linear_gaussian_tasks"
 
@@ -98,3 +99,13 @@ def linear_gaussian_tasks(n_tasks: int, n_support: int = 10, n_query: int | None
             yq = model.transform(Xq) @ beta + noise * rng.standard_normal(n_query)
             tasks.append(SLTask(X, y, Xq, yq, info={"beta": beta}))
     return tasks
+
+
+def linear_gaussian_sampler(n_tasks: int, **settings: Any) -> TaskSampler:
+    """Fresh ``linear_gaussian_tasks`` every outer step, for ``MetaSL.fit(sampler=...)``.
+
+    Takes the arguments of :func:`linear_gaussian_tasks` except ``seed`` (``fit`` derives each step's
+    Generator from its own ``seed`` and the step), e.g. ``linear_gaussian_sampler(25, n_support=10, n_query=10, in_dim=4)``.
+    """
+    linear_gaussian_tasks(n_tasks, **settings, seed=0)   # validate the settings now, not at step 0 of fit
+    return TaskSampler(linear_gaussian_tasks, n_tasks=n_tasks, **settings)
