@@ -246,7 +246,7 @@ class MetaRL:
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
             resume: bool | str | os.PathLike = False, progress: bool = True,
-            optimizer: str = "gd") -> FitResult:
+            optimizer: str = "gd", sampler: Any = None, seed: int = 0) -> FitResult:
         """Algorithm 1: gradient ascent theta_{l+1} = theta_l + alpha_l grad L(theta_l).
 
         Parameters
@@ -270,6 +270,14 @@ class MetaRL:
         optimizer : {"gd", "adam"}
             "gd" is Algorithm 1 exactly; "adam" uses Adam's rescaled direction
             (its moments are checkpointed too).
+        sampler : callable, optional
+            Fresh tasks every step: step l calls ``sampler(numpy.random.default_rng([seed, l]), l)``
+            for a list of TabularMDP (same S, A as the model) and ascends that batch's
+            L, with this problem's settings (tau, eta, solver), instead of ``self.tasks``'s.
+            ``fastmeta.tasks.TaskSampler(family, ...)`` makes one from any task family.
+            A resumed run draws exactly the tasks the uninterrupted run would have drawn.
+        seed : int, default 0
+            Seed of the sampler's stream (unused without a sampler).
 
         Returns
         -------
@@ -277,10 +285,30 @@ class MetaRL:
             Final theta and the history of L and ||grad L||.
         """
         theta0 = self.model.init_params() if theta0 is None else self.model.check_params(theta0, _OWNER)
-        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
+        value_and_grad, tag = self.value_and_grad, self._tag(lr)
+        if sampler is not None:
+            value_and_grad, tag = self._sampled(sampler, seed, lr)
+        return run_gradient_method(value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
                                    project=self.model.project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                                   optimizer=optimizer, tag=self._tag(lr), owner="MetaRL.fit")
+                                   optimizer=optimizer, tag=tag, owner="MetaRL.fit",
+                                   step_aware=sampler is not None)
+
+    def _sampled(self, sampler: Any, seed: Any, lr: StepSize):
+        """(value_and_grad(theta, step) over step's fresh tasks, checkpoint tag) for ``fit``."""
+        if not callable(sampler):
+            raise TypeError(f"The 'sampler' parameter of MetaRL.fit must be a callable (rng, step) -> tasks. "
+                            f"Got {type(sampler).__name__} instead.")
+        seed = check_int(seed, "seed", "MetaRL.fit", low=0)
+        settings = dict(tau=self.tau, eta=self.eta, solver=self.solver, tol=self.tol, maxiter=self.maxiter)
+
+        def value_and_grad(theta: np.ndarray, step: int) -> tuple[float, np.ndarray]:
+            tasks = sampler(np.random.default_rng([seed, step]), step)
+            return MetaRL(tasks, self.model, **settings).value_and_grad(theta)
+
+        describe = getattr(sampler, "config", None)
+        name = describe() if callable(describe) else getattr(sampler, "__qualname__", type(sampler).__name__)
+        return value_and_grad, f"{self._tag(lr)}|sampler={name}|seed={seed}"
 
     @property
     def solver_methods(self) -> list[str]:
