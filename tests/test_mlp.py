@@ -172,3 +172,14 @@ def test_bad_inputs_raise_clear_errors():
         net.forward(np.ones(2), np.ones((4, 2)))
     with pytest.raises(ValueError, match="must take inputs of the tasks' dimension 3"):
         MetaSL([SLTask(np.ones((2, 3)), np.ones(2))], net)
+
+
+def test_finn_initialisation_option():
+    net = MLP(1, (40, 40), seed=0, init="normal")
+    layers = net.unflatten(net.init_params())
+    for W, b in layers:
+        assert np.all(b == 0.0) and np.abs(W).max() <= 0.02
+    assert 0.007 < layers[1][0].std() < 0.011
+    assert net.config() != MLP(1, (40, 40), seed=0).config()
+    with pytest.raises(ValueError, match="'init' parameter of MLP"):
+        MLP(1, init="xavier")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._kernels import mlp as _k
 from .._kernels.sl import MODE_VALUE
-from .._validation import as_float_array, check_int, check_real_scalar
+from .._validation import as_float_array, check_choice, check_int, check_real_scalar
 
 # Multiply-adds per meta-objective call (rows x parameters) below which the task loop runs
 # serially: a thread-pool wake-up costs more than a small batch's whole work.
@@ -32,8 +32,12 @@ class MLP:
     hidden : sequence of int, default (40, 40)
         Widths of the hidden layers (at least one).
     seed : int or numpy.random.Generator, default 0
-        Draws the initial parameters as PyTorch's ``nn.Linear`` does by default: every
-        weight and bias of a layer with fan-in n uniform on [-1/sqrt(n), 1/sqrt(n)].
+        Source of the initial parameters.
+    init : {"uniform", "normal"}, default "uniform"
+        ``"uniform"``: PyTorch's ``nn.Linear`` default, every weight and bias of a layer
+        with fan-in n uniform on [-1/sqrt(n), 1/sqrt(n)]. ``"normal"``: Finn et al.'s
+        TensorFlow code, weights from a normal of standard deviation 0.01 truncated at
+        two standard deviations, biases zero.
     radius : float or None, default None
         If given, ``project`` maps theta onto {||theta - theta(0)||_2 <= radius}.
 
@@ -56,8 +60,10 @@ class MLP:
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int] = (40, 40),
-                 seed: int | np.random.Generator = 0, radius: float | None = None) -> None:
+                 seed: int | np.random.Generator = 0, radius: float | None = None,
+                 init: str = "uniform") -> None:
         owner = "MLP"
+        self.init = check_choice(init, "init", ("uniform", "normal"), owner)
         self.in_dim = check_int(in_dim, "in_dim", owner, low=1)
         if isinstance(hidden, (int, np.integer)) or not hasattr(hidden, "__len__") or len(hidden) == 0:
             raise ValueError(f"The 'hidden' parameter of MLP must be a non-empty sequence of layer widths. "
@@ -81,17 +87,25 @@ class MLP:
         self.n_params = pos
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
             check_int(seed, "seed", owner, low=0))
-        theta0 = np.empty(self.n_params)
+        theta0 = np.zeros(self.n_params)
         for l in range(n_layers):
-            bound = 1.0 / np.sqrt(self.sizes[l])
             end = self._boff[l] + self.sizes[l + 1]
-            theta0[self._woff[l]:end] = rng.uniform(-bound, bound, end - self._woff[l])
+            if self.init == "uniform":
+                bound = 1.0 / np.sqrt(self.sizes[l])
+                theta0[self._woff[l]:end] = rng.uniform(-bound, bound, end - self._woff[l])
+            else:
+                w = rng.normal(0.0, 0.01, self._boff[l] - self._woff[l])
+                while np.any(np.abs(w) > 0.02):        # truncate: redraw beyond two deviations
+                    bad = np.abs(w) > 0.02
+                    w[bad] = rng.normal(0.0, 0.01, int(bad.sum()))
+                theta0[self._woff[l]:self._boff[l]] = w
         theta0.setflags(write=False)
         self._theta0 = theta0
         self._layout = (self._sizes, self._woff, self._boff, self._uoff)
 
     def __repr__(self) -> str:
-        return f"MLP(in_dim={self.in_dim}, hidden={self.hidden}, radius={self.radius})"
+        init = "" if self.init == "uniform" else f", init={self.init!r}"
+        return f"MLP(in_dim={self.in_dim}, hidden={self.hidden}, radius={self.radius}{init})"
 
     def config(self) -> str:
         """Identifies the architecture and its initialisation (for checkpoint tags)."""
