@@ -51,14 +51,17 @@ def uptime() -> str:
         return "n/a"
 
 
+def evaluate_all(meta: MetaSL, theta: np.ndarray, n_tasks: int, seed: int) -> np.ndarray:
+    """Query MSE of every task after 0..10 fine-tuning steps, shape (n_tasks, 11)."""
+    tasks = sinusoid_tasks(n_tasks, k_shot=5, k_query=100, seed=seed)
+    return np.array([[2.0 * meta.risk(th, task, "query")
+                      for th in meta.adapt(theta, task, steps=max(EVAL_STEPS), eta=ETA, return_path=True)]
+                     for task in tasks])
+
+
 def evaluate(meta: MetaSL, theta: np.ndarray, n_tasks: int, seed: int) -> np.ndarray:
     """Mean query MSE after 0..10 fine-tuning steps, over ``n_tasks`` fresh tasks."""
-    tasks = sinusoid_tasks(n_tasks, k_shot=5, k_query=100, seed=seed)
-    mse = np.zeros(max(EVAL_STEPS) + 1)
-    for task in tasks:
-        path = meta.adapt(theta, task, steps=max(EVAL_STEPS), eta=ETA, return_path=True)
-        mse += [2.0 * meta.risk(th, task, "query") for th in path]
-    return mse / n_tasks
+    return evaluate_all(meta, theta, n_tasks, seed).mean(axis=0)
 
 
 def train(eta: float, iterations: int, chunk: int, seed: int, eval_tasks: int, workdir: str, label: str,
@@ -131,6 +134,36 @@ def time_steps(n_steps: int, seed: int) -> dict:
     return out
 
 
+def summarize(dirs: list[str], publish: bool, notes: str = "") -> None:
+    """Every run in ``dirs`` (finn.json + final checkpoints) in one table, re-evaluated on the
+    same 600 held-out tasks: mean and median query MSE (the mean is the published statistic)."""
+    runs, main_run = [], None
+    for d in dirs:
+        with open(os.path.join(d, "finn.json")) as f:
+            r = json.load(f)
+        r.setdefault("seed", 0)
+        r.setdefault("init", "uniform")
+        r["dir"] = d
+        model = MLP(1, hidden=(40, 40), seed=r["seed"], init=r["init"])
+        meta = MetaSL(sinusoid_tasks(1, 5, 5, seed=0), model, eta=ETA)
+        for label in ("maml", "pretrained"):
+            path = os.path.join(d, f"finn_{label}.npz")
+            if os.path.exists(path) and r[f"{'maml' if label == 'maml' else 'pretrained'}_curve"]:
+                M = evaluate_all(meta, fastmeta.load_checkpoint(path)["theta"], 600, 10_000)
+                r[f"{label}_mean"] = [float(M[:, k].mean()) for k in EVAL_STEPS]
+                r[f"{label}_median"] = [float(np.median(M[:, k])) for k in EVAL_STEPS]
+                r[f"{label}_worst"] = [float(M[:, k].max()) for k in EVAL_STEPS]
+        runs.append(r)
+        if r.get("timing") and main_run is None:
+            main_run = r
+    text = render(main_run, runs) + (f"\n## Notes\n\n{notes}\n" if notes else "")
+    dest = os.path.join("bench_results" if publish else dirs[0], "finn.md")
+    with open(dest, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"written to {dest}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=70_000)
@@ -144,7 +177,13 @@ def main() -> None:
                     help="MLP initialisation: PyTorch's default or Finn's TensorFlow code")
     ap.add_argument("--publish", action="store_true", help="write bench_results/finn.md")
     ap.add_argument("--out", default="/tmp/fastmeta-bench")
+    ap.add_argument("--summarize", nargs="+", metavar="DIR",
+                    help="re-evaluate and tabulate the finished runs in these output directories")
+    ap.add_argument("--notes", default="", help="a paragraph appended to the summary (conditions of the runs)")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize, args.publish, args.notes)
+        return
     os.makedirs(args.out, exist_ok=True)
     load_before = uptime()
     chunk = min(args.chunk, args.iterations)
@@ -173,43 +212,57 @@ def main() -> None:
     print(f"written to {dest}")
 
 
-def render(r: dict) -> str:
-    m = r["maml_curve"][-1]["mse"]
-    p = r["pretrained_curve"][-1]["mse"] if r["pretrained_curve"] else None
+def _fmt(xs) -> str:
+    return " | ".join(f"{x:.3f}" for x in xs)
+
+
+def render(r: dict, runs: list[dict] | None = None) -> str:
+    """Markdown of the main run ``r`` (curve, timing) and, from ``summarize``, every run."""
     t = r["timing"]
     lines = [
         "# Finn et al. (2017) sinusoid regression, on their settings (benchmarks/finn_sinusoid.py)",
         "",
-        "1-40-40-1 ReLU network, every weight and bias trained (`fastmeta.MLP`, PyTorch's default",
-        "initialisation, seed 0); K = 5 support + 5 query points; one inner step of 0.01 on the MSE",
-        "(eta = 0.02 on fastmeta's half-squared loss: the same update); exact second-order",
-        "meta-gradient; Adam 0.001; 25 fresh tasks per iteration (`MetaSL.fit(sampler=...)`, seed 0);",
-        f"{r['iterations']:,} iterations. Evaluation: 600 fresh tasks, K = 5 support, 100 query points,",
-        "fine-tuning steps of 0.01 on the MSE. Pretrained: same network, same task stream and",
-        "iterations, trained on the average risk (eta = 0).",
+        "1-40-40-1 ReLU network, every weight and bias trained (`fastmeta.MLP`); K = 5 support + 5",
+        "query points; one inner step of 0.01 on the MSE (eta = 0.02 on fastmeta's half-squared",
+        "loss: the same update); exact second-order meta-gradient; Adam 0.001; 25 fresh tasks per",
+        "iteration (`MetaSL.fit(sampler=...)`); 70,000 iterations. Evaluation: the same 600",
+        "held-out tasks for every run (K = 5 support, 100 query points), fine-tuning steps of 0.01",
+        "on the MSE. Pretrained: same network, task stream and iterations, trained on the average",
+        "risk (eta = 0). Init \"uniform\" is PyTorch's default, \"normal\" Finn's TensorFlow code.",
         "",
-        "    python benchmarks/finn_sinusoid.py --publish",
+        "    python benchmarks/finn_sinusoid.py --out DIR [--seed S] [--init normal]   # one run",
+        "    python benchmarks/finn_sinusoid.py --summarize DIR ... --publish          # this file",
         "",
-        "| query MSE after k steps | k = 1 | k = 5 | k = 10 | training wall time |",
-        "| --- | --- | --- | --- | --- |",
-        f"| fastmeta MAML | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | {r['maml_seconds']:.0f} s |",
     ]
-    if p is not None:
-        lines.append(f"| fastmeta pretrained (eta = 0) | {p[0]:.3f} | {p[1]:.3f} | {p[2]:.3f} | "
-                     f"{r['pretrained_seconds']:.0f} s |")
+    if runs is None:
+        runs = [dict(r, maml_mean=r["maml_curve"][-1]["mse"],
+                     pretrained_mean=r["pretrained_curve"][-1]["mse"] if r["pretrained_curve"] else None)]
     lines += [
-        "| Finn et al., published MAML | 0.67 | 0.38 | 0.35 | |",
-        "| Finn et al., published pretrained | 2.41 | 2.23 | 2.19 | |",
-        "| standard PyTorch implementation, run on this machine (issue's figure) | 0.61 | 0.47 | 0.42 | 895 s |",
+        "| run | training wall time | mean MSE k = 1 | k = 5 | k = 10 | median k = 1 | k = 5 | k = 10 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for x in runs:
+        name = f"seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}"
+        med = x.get("maml_median")
+        lines.append(f"| MAML, {name} | {x['maml_seconds']:.0f} s{x.get('note', '')} | {_fmt(x['maml_mean'])} | "
+                     f"{_fmt(med) if med else ' | '.join(['n/a'] * 3)} |")
+        if x.get("pretrained_mean"):
+            med = x.get("pretrained_median")
+            lines.append(f"| pretrained, {name} | {x['pretrained_seconds']:.0f} s | {_fmt(x['pretrained_mean'])} | "
+                         f"{_fmt(med) if med else ' | '.join(['n/a'] * 3)} |")
+    lines += [
+        "| Finn et al., published MAML | | 0.67 | 0.38 | 0.35 | | | |",
+        "| Finn et al., published pretrained | | 2.41 | 2.23 | 2.19 | | | |",
+        "| standard PyTorch implementation on this machine (the issue's figure) | 895 s | 0.61 | 0.47 | 0.42 | | | |",
         "",
-        "Learning curve (query MSE on 100 held-out tasks after each chunk; the last row on 600):",
+        f"Learning curve of the first run (seed {r.get('seed', 0)}, init {r.get('init', 'uniform')}): mean query "
+        "MSE on 100 held-out tasks after each chunk (the last row on 600):",
         "",
         "| iteration | seconds | train MSE (chunk mean) | 1 step | 5 steps | 10 steps |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for c in r["maml_curve"]:
-        lines.append(f"| {c['iteration']:,} | {c['seconds']:.0f} | {c['train_mse_last_chunk']:.3f} | "
-                     + " | ".join(f"{x:.3f}" for x in c["mse"]) + " |")
+        lines.append(f"| {c['iteration']:,} | {c['seconds']:.0f} | {c['train_mse_last_chunk']:.3f} | {_fmt(c['mse'])} |")
     if t is not None:
         lines += [
             "",
@@ -224,13 +277,13 @@ def render(r: dict) -> str:
             f"| PyTorch create_graph=True, tasks batched by bmm (float32) | {t['torch_batched_f32'] * 1e3:.2f} ms | "
             f"{t['torch_batched_f32'] / t['fastmeta']:.1f} |",
         ]
-    lines += [
-        "",
-        f"Conditions: {r['cpus']} CPUs ({r['machine']}), shared with other jobs; load before: "
-        f"`{r['load_before']}`; after: `{r['load_after']}`. Numba threads {r['numba_threads']}, torch threads "
-        f"{t['torch_threads'] if t else 'n/a'}, warm Numba cache; Python {r['python']}, NumPy {r['numpy']}, Numba {r['numba']}.",
-        "",
-    ]
+    lines += ["", "Conditions: 2 CPUs (x86_64), shared with other jobs; Numba threads "
+              f"{r['numba_threads']}, torch threads {t['torch_threads'] if t else 'n/a'}, warm Numba cache; Python "
+              f"{r['python']}, NumPy {r['numpy']}, Numba {r['numba']}."]
+    for x in runs:
+        lines.append(f"- seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}: load before "
+                     f"`{x['load_before']}`, after `{x['load_after']}`.")
+    lines.append("")
     return "\n".join(lines)
 
 
