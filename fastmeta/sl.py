@@ -33,7 +33,7 @@ from .models.protocol import Predictor
 _LOSSES = ("squared", "logistic")
 _LOSS_CODE = {"squared": _ksl.SQUARED, "logistic": _ksl.LOGISTIC}
 _PROTOCOL = ("in_dim", "n_params", "predict", "vjp", "hvp", "init_params", "project", "config")
-TaskSampler = Callable[[np.random.Generator, int], "Sequence[SLTask] | TaskBatch"]
+SamplerFn = Callable[[np.random.Generator, int], "Sequence[SLTask] | TaskBatch"]
 
 
 class SLTask:
@@ -324,7 +324,7 @@ class MetaSL:
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
             checkpoint: Any = None, checkpoint_every: int = 1, resume: Any = False,
-            progress: bool = True, optimizer: str = "gd", sampler: TaskSampler | None = None,
+            progress: bool = True, optimizer: str = "gd", sampler: SamplerFn | None = None,
             seed: int = 0) -> FitResult:
         """Meta-train by gradient descent (4.5): theta <- Proj(theta - alpha_l grad L(theta)).
 
