@@ -23,9 +23,10 @@ from .energy import Energy, LinearEnergy
 from .linalg import SolverError
 from .linear_model import LinearModel
 from .mdp import TabularMDP
+from .models import MLP, Predictor
 from .neural import NeuralEnergy, TwoLayerReLU
 from .rl import MetaRL, TaskTrace
-from .sl import MetaSL, SLTask
+from .sl import MetaSL, SLTask, TaskBatch
 
 __version__ = "0.1.0"
 
@@ -35,11 +36,14 @@ __all__ = [
     "LinearEnergy",
     "LinearModel",
     "MetaRL",
+    "MLP",
     "MetaSL",
     "NeuralEnergy",
+    "Predictor",
     "SLTask",
     "SolverError",
     "TabularMDP",
+    "TaskBatch",
     "TaskTrace",
     "TwoLayerReLU",
     "load_checkpoint",

@@ -216,7 +216,8 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
                         progress: bool = True, optimizer: str = "gd",
                         tag: Callable[[], dict[str, str]] | dict[str, str] | None = None,
                         owner: str = "fit", label: str | None = None,
-                        compiling: Callable[[], bool] | None = None) -> FitResult:
+                        compiling: Callable[[], bool] | None = None,
+                        step_aware: bool = False) -> FitResult:
     """Take up to ``steps`` gradient steps in total (counting resumed ones) from ``theta0``.
 
     ``optimizer="gd"`` is the plain update of (3.5)/(4.5), theta +- alpha_l grad;
@@ -225,7 +226,9 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
     (continue from ``checkpoint`` if that file exists) or a path. ``tag`` gives the
     components that identify the problem (a dict, or a function returning one, called
     only when a checkpoint is used); the optimizer, schedule and ``theta0`` are added
-    here. ``compiling`` tells whether the first evaluation will compile kernels.
+    here. ``compiling`` tells whether the first evaluation will compile kernels. With
+    ``step_aware`` the objective is called as ``value_and_grad(theta, step)`` (fresh tasks
+    every step).
     """
     steps = check_int(steps, "steps", owner, low=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", owner, low=1)
@@ -254,7 +257,9 @@ def run_gradient_method(value_and_grad: Callable[[np.ndarray], tuple[float, np.n
     if lock is not None:
         lock.__enter__()
     try:
-        return _loop(value_and_grad, theta, steps=steps, schedule=schedule, maximize=maximize, tol=tol,
+        # The loop always passes the step; a plain objective ignores it.
+        objective_at = value_and_grad if step_aware else (lambda theta, step: value_and_grad(theta))
+        return _loop(objective_at, theta, steps=steps, schedule=schedule, maximize=maximize, tol=tol,
                      project=project, path=path, resume_path=resume_path, checkpoint_every=checkpoint_every,
                      progress=progress, optimizer=optimizer, tag=full_tag, owner=owner,
                      label=label or owner, compiling=compiling)
@@ -321,7 +326,7 @@ def _loop(value_and_grad, theta, *, steps, schedule, maximize, tol, project, pat
     converged = False
     try:
         while True:
-            value, grad = value_and_grad(theta)
+            value, grad = value_and_grad(theta, step)
             gnorm = float(np.linalg.norm(grad))
             if not (np.isfinite(value) and np.isfinite(gnorm)):
                 where = "at the starting point" if step == 0 else f"at step {step}"

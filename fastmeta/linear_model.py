@@ -1,13 +1,19 @@
 """LinearModel: the hypothesis class (4.2), h_theta(x) = phi(x)^T theta, for meta-SL."""
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Any
 
 import numpy as np
 
+from ._kernels import sl as _ksl
 from ._validation import as_float_array, check_choice, check_int, check_real_scalar
+
+# Below this many multiply-adds per inner pass (samples x parameters) the linear meta
+# kernel runs serially: waking a thread pool costs more than the work (n=32, d=64 is ~20k).
+_PARALLEL_WORK = 200_000
 
 _FEATURES = ("identity", "affine", "polynomial", "rff")
 MAX_POLYNOMIAL_FEATURES = 1_000_000
@@ -40,16 +46,28 @@ class LinearModel:
         (the set B_R of Theorem 4.4); ``MetaSL.fit`` projects after every step.
     seed : int or numpy.random.Generator, default 0
         Seed of the random Fourier features.
+    in_dim : int or None, default None
+        Dimension of the raw inputs x. Without it the model takes the dimension of the
+        tasks it is given to (:class:`fastmeta.MetaSL` calls ``bind``); ``n_params`` and
+        ``init_params`` need it.
+
+    Attributes
+    ----------
+    n_params : int
+        Dimension d of phi(x) (available once ``in_dim`` is known).
 
     Notes
     -----
-    For this model the Gauss-Newton product used by :class:`fastmeta.MetaSL`,
-    F^T diag(l''/N) F v, is the exact Hessian-vector product of the risk.
+    A :class:`fastmeta.models.Predictor`. ``prepare`` computes phi once per task when
+    MetaSL packs its tasks; ``predict``, ``vjp`` and ``hvp`` then work on phi(X). The
+    Gauss-Newton product F^T diag(l'') F v is the exact Hessian-vector product of the
+    risk of a linear model, and the meta-objective runs in one compiled kernel
+    (``meta_terms``).
     """
 
     def __init__(self, features: str | None = None, *, degree: int = 2, n_features: int = 100,
                  lengthscale: float = 1.0, radius: float | None = None,
-                 seed: int | np.random.Generator = 0) -> None:
+                 seed: int | np.random.Generator = 0, in_dim: int | None = None) -> None:
         owner = "LinearModel"
         self.features = check_choice("identity" if features is None else features, "features",
                                      _FEATURES, owner)
@@ -61,6 +79,7 @@ class LinearModel:
             # Freeze one integer seed, so features stay a pure function of (seed, in_dim).
             seed = int(seed.integers(2**63 - 1))
         self.seed = check_int(seed, "seed", owner, low=0)
+        self.in_dim = None if in_dim is None else check_int(in_dim, "in_dim", owner, low=1)
         self._rff: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
@@ -73,9 +92,10 @@ class LinearModel:
         """A string that identifies the model's settings (used in checkpoint tags)."""
         return repr(self)
 
-    def n_params(self, in_dim: int) -> int:
-        """Dimension d of phi(x) for inputs x of dimension ``in_dim``."""
-        in_dim = check_int(in_dim, "in_dim", "LinearModel", low=1)
+    @property
+    def n_params(self) -> int:
+        """Dimension d of phi(x) for inputs of dimension ``in_dim``."""
+        in_dim = self._require_in_dim("n_params")
         if self.features == "identity":
             return in_dim
         if self.features == "affine":
@@ -84,9 +104,21 @@ class LinearModel:
             return self._polynomial_size(in_dim)
         return self.n_features
 
-    def init_params(self, in_dim: int) -> np.ndarray:
-        """theta = 0, of length ``n_params(in_dim)``."""
-        return np.zeros(self.n_params(in_dim))
+    def bind(self, in_dim: int) -> LinearModel:
+        """This model for inputs of dimension ``in_dim`` (self if it already has that dimension)."""
+        in_dim = check_int(in_dim, "in_dim", "LinearModel.bind", low=1)
+        if self.in_dim == in_dim:
+            return self
+        if self.in_dim is not None:
+            raise ValueError(f"The 'in_dim' parameter of LinearModel.bind must match the model's "
+                             f"input dimension {self.in_dim}. Got {in_dim} instead.")
+        bound = copy.copy(self)
+        bound.in_dim = in_dim
+        return bound
+
+    def init_params(self) -> np.ndarray:
+        """theta = 0, of length ``n_params``."""
+        return np.zeros(self.n_params)
 
     def transform(self, X: Any) -> np.ndarray:
         """phi(X) of shape (N, d) for inputs X of shape (N, in_dim)."""
@@ -94,10 +126,43 @@ class LinearModel:
         return self._transform(X)
 
     def forward(self, params: Any, X: Any) -> np.ndarray:
-        """h_theta(X) = phi(X) theta, shape (N,)."""
+        """h_theta(X) = phi(X) theta for raw inputs X, shape (N,) (validated)."""
         F = self.transform(X)
         theta = self.check_params(params, F.shape[1], "LinearModel.forward")
         return F @ theta
+
+    # -- the predictor protocol (inputs already validated; F = prepare(X)) -------------
+    def prepare(self, X: np.ndarray) -> np.ndarray:
+        """phi(X), C-contiguous: what ``predict``, ``vjp`` and ``hvp`` take."""
+        return self._transform(X)
+
+    def predict(self, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """F theta."""
+        return F @ theta
+
+    def vjp(self, theta: np.ndarray, F: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """F^T g."""
+        return F.T @ g
+
+    def hvp(self, theta: np.ndarray, F: np.ndarray, v: np.ndarray, d1: np.ndarray,
+            d2: np.ndarray) -> np.ndarray:
+        """F^T diag(d2) F v: exact, since h is linear in theta (d1 does not enter)."""
+        return F.T @ (d2 * (F @ v))
+
+    #: Compiled kernels behind meta_terms (MetaSL.fit says when they are still to compile).
+    compiled_kernels = (_ksl.linear_meta,)
+
+    def meta_terms(self, theta: np.ndarray, packed: Any, eta: float, loss: int, mode: int,
+                   task_loss: np.ndarray) -> np.ndarray | None:
+        """The whole linear meta-objective in one compiled call (see the predictor protocol)."""
+        n = task_loss.shape[0]
+        kernel = (_ksl.linear_meta.parallel if packed.Zs.shape[0] * theta.shape[0] >= _PARALLEL_WORK
+                  else _ksl.linear_meta.serial)
+        task_grad = np.empty((n, theta.shape[0]))
+        kernel(theta, packed.Zs, packed.ys, packed.offs, packed.Zq, packed.yq, packed.offq,
+               eta, loss, mode, task_loss, task_grad)
+        # numpy sums axis 0 row by row in task order: thread-count independent.
+        return task_grad.sum(axis=0) / n if mode != _ksl.MODE_VALUE else None
 
     def project(self, params: np.ndarray) -> np.ndarray:
         """Projection onto {||theta||_2 <= radius}; identity when radius is None."""
@@ -112,6 +177,12 @@ class LinearModel:
         return as_float_array(params, "params", owner, shape=(n_params,))
 
     # -- internals ----------------------------------------------------------------
+    def _require_in_dim(self, what: str) -> int:
+        if self.in_dim is None:
+            raise ValueError(f"LinearModel.{what} needs the input dimension: give LinearModel(in_dim=...) "
+                             f"or use model.bind(in_dim). Got in_dim=None.")
+        return self.in_dim
+
     def _transform(self, X: np.ndarray) -> np.ndarray:
         n, p = X.shape
         if self.features == "identity":

@@ -55,9 +55,10 @@ class TwoLayerReLU:
 
     Notes
     -----
-    ``forward``, ``jvp`` and ``vjp`` run compiled parallel kernels; results do not
-    depend on the number of threads. See the module docstring for why the Gauss-Newton
-    Hessian-vector product is exact away from the ReLU kinks.
+    A :class:`fastmeta.models.Predictor`. ``forward``, ``jvp`` and ``vjp`` run compiled
+    parallel kernels; results do not depend on the number of threads. See the module
+    docstring for why the Gauss-Newton Hessian-vector product ``hvp`` is exact away from
+    the ReLU kinks. The meta-objective runs in one fused compiled kernel (``meta_terms``).
     """
 
     def __init__(self, in_dim: int, width: int, radius: float | None = None,
@@ -132,6 +133,28 @@ class TwoLayerReLU:
         X = self.check_inputs(X, "TwoLayerReLU.vjp")
         g = as_float_array(g, "g", "TwoLayerReLU.vjp", shape=(X.shape[0],))
         return self._vjp(WT, X, g)
+
+    # -- the predictor protocol (inputs already validated) -----------------------
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """u(X[j]; W) for every row, without validation."""
+        return self._forward(self._WT(theta), X)
+
+    def hvp(self, theta: np.ndarray, X: np.ndarray, v: np.ndarray, d1: np.ndarray,
+            d2: np.ndarray) -> np.ndarray:
+        """J^T diag(d2) J v: exact away from the kinks, where d^2 u / dW^2 = 0 (d1 does not enter)."""
+        WT = self._WT(theta)
+        return self._vjp(WT, X, d2 * self._jvp(WT, X, self._WT(v)))
+
+    #: Compiled kernels behind meta_terms (MetaSL.fit says when they are still to compile).
+    compiled_kernels = (_k.relu_meta,)
+
+    def meta_terms(self, theta: np.ndarray, packed: Any, eta: float, loss: int, mode: int,
+                   task_loss: np.ndarray) -> np.ndarray | None:
+        """The whole meta-objective in one fused compiled call (see the predictor protocol)."""
+        grad = np.empty((self.width, self.in_dim))
+        _k.relu_meta(self._WT(theta), self._sb, packed.Zs, packed.ys, packed.offs, packed.Zq, packed.yq,
+                     packed.offq, eta, loss, mode, task_loss, grad)
+        return grad.ravel() if mode != _k.MODE_VALUE else None
 
     # -- unchecked internals (inputs already validated) ---------------------------
     def _WT(self, params: np.ndarray) -> np.ndarray:

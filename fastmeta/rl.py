@@ -280,7 +280,8 @@ class MetaRL:
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
             resume: bool | str | os.PathLike = False, overwrite: bool = False, progress: bool = True,
-            optimizer: str = "gd", label: str | None = None) -> FitResult:
+            optimizer: str = "gd", label: str | None = None, sampler: Any = None,
+            seed: int = 0) -> FitResult:
         """Algorithm 1: gradient ascent theta_{l+1} = theta_l + alpha_l grad L(theta_l).
 
         Parameters
@@ -318,6 +319,14 @@ class MetaRL:
             (its moments are checkpointed too).
         label : str, optional
             Name shown with the progress output; default "MetaRL.fit".
+        sampler : callable, optional
+            Fresh tasks every step: step l calls ``sampler(numpy.random.default_rng([seed, l]), l)``
+            for a list of TabularMDP (same S, A as the model) and ascends that batch's
+            L, with this problem's settings (tau, eta, solver), instead of ``self.tasks``'s.
+            ``fastmeta.tasks.TaskSampler(family, ...)`` makes one from any task family.
+            A resumed run draws exactly the tasks the uninterrupted run would have drawn.
+        seed : int, default 0
+            Seed of the sampler's stream (unused without a sampler).
 
         Returns
         -------
@@ -325,12 +334,39 @@ class MetaRL:
             Final theta and the history of L and ||grad L|| at theta_0..theta_T.
         """
         theta0 = self.model.init_params() if theta0 is None else self.model.check_params(theta0, _OWNER)
-        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
+        value_and_grad, tag = self.value_and_grad, self._tag
+        if sampler is not None:
+            value_and_grad, tag = self._sampled(sampler, seed)
+        return run_gradient_method(value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
                                    project=self.model.project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
-                                   progress=progress, optimizer=optimizer, tag=self._tag,
+                                   progress=progress, optimizer=optimizer, tag=tag,
                                    owner="MetaRL.fit", label=label,
-                                   compiling=lambda: needs_compiling(_k.softmax_policy, _k.bellman_q))
+                                   compiling=lambda: needs_compiling(_k.softmax_policy, _k.bellman_q),
+                                   step_aware=sampler is not None)
+
+    def _sampled(self, sampler: Any, seed: Any):
+        """(value_and_grad(theta, step) over step's fresh tasks, checkpoint tag) for ``fit``."""
+        if not callable(sampler):
+            raise TypeError(f"The 'sampler' parameter of MetaRL.fit must be a callable (rng, step) -> tasks. "
+                            f"Got {type(sampler).__name__} instead.")
+        seed = check_int(seed, "seed", "MetaRL.fit", low=0)
+        settings = dict(tau=self.tau, eta=self.eta, solver=self.solver, tol=self.tol, maxiter=self.maxiter)
+
+        def value_and_grad(theta: np.ndarray, step: int) -> tuple[float, np.ndarray]:
+            tasks = sampler(np.random.default_rng([seed, step]), step)
+            return MetaRL(tasks, self.model, **settings).value_and_grad(theta)
+
+        describe = getattr(sampler, "config", None)
+        name = describe() if callable(describe) else getattr(sampler, "__qualname__", type(sampler).__name__)
+
+        def tag() -> dict[str, str]:
+            # The sampled tasks replace self.tasks: identify the stream, not this object's tasks.
+            out = {k: v for k, v in self._tag().items() if not k.startswith("tasks[") and k != "n_tasks"}
+            out.update(sampler=str(name), seed=str(seed))
+            return out
+
+        return value_and_grad, tag
 
     @property
     def solver_methods(self) -> list[str]:

@@ -312,3 +312,83 @@ def theorem_4_4_terms(Z, Y, omega, comparator, eta, kind, rho):
             weight.append(M * rho[l])
     convex = sum(rho @ (frechet[i] * (h_w[i] - h_t[i])) for i in range(n)) / n
     return np.array(w), np.array(u), np.array(feats), np.array(weight), convex
+
+
+# ============================================================ issue 12: MLP and predictor protocol
+# (one block, appended; oracles for tests/test_mlp.py and tests/test_predictor_protocol.py)
+def mlp_layers(theta, sizes):
+    """[(W_l, b_l)] of the flat MLP layout: per layer W_l row-major (out, in), then b_l."""
+    out, pos = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        W = theta[pos:pos + n_in * n_out].reshape(n_out, n_in)
+        pos += n_in * n_out
+        out.append((W, theta[pos:pos + n_out]))
+        pos += n_out
+    return out
+
+
+def mlp_predict(theta, X, sizes):
+    """f(x) = W_L relu(... relu(W_0 x + b_0) ...) + b_L, one sample at a time."""
+    layers = mlp_layers(theta, sizes)
+    out = np.zeros(X.shape[0])
+    for j in range(X.shape[0]):
+        h = X[j]
+        for l, (W, b) in enumerate(layers):
+            z = W @ h + b
+            h = z if l == len(layers) - 1 else np.maximum(z, 0.0)
+        out[j] = h[0]
+    return out
+
+
+def mlp_jacobian(theta, X, sizes):
+    """df(x_j)/dtheta by the chain rule written out per sample, shape (N, n_params)."""
+    layers = mlp_layers(theta, sizes)
+    rows = []
+    for j in range(X.shape[0]):
+        hs, zs = [X[j]], []
+        for l, (W, b) in enumerate(layers):
+            z = W @ hs[-1] + b
+            zs.append(z)
+            hs.append(z if l == len(layers) - 1 else np.maximum(z, 0.0))
+        grads = [None] * len(layers)
+        delta = np.ones(1)
+        for l in range(len(layers) - 1, -1, -1):
+            grads[l] = (np.outer(delta, hs[l]).ravel(), delta.copy())
+            if l > 0:
+                delta = (layers[l][0].T @ delta) * (zs[l - 1] > 0.0)
+        rows.append(np.concatenate([part for g in grads for part in g]))
+    return np.array(rows)
+
+
+def mlp_risk_grad(theta, X, y, sizes, kind):
+    return mlp_jacobian(theta, X, sizes).T @ dloss(mlp_predict(theta, X, sizes), y, kind) / X.shape[0]
+
+
+def mlp_risk_hessian(theta, X, y, sizes, kind, eps=1e-6):
+    """The full d x d Hessian of the risk: central differences of the chain-rule gradient."""
+    d = theta.size
+    H = np.zeros((d, d))
+    for k in range(d):
+        e = np.zeros(d)
+        e[k] = eps
+        H[:, k] = (mlp_risk_grad(theta + e, X, y, sizes, kind) - mlp_risk_grad(theta - e, X, y, sizes, kind)) / (2 * eps)
+    return 0.5 * (H + H.T)
+
+
+def sl_meta_gradient_full(theta, tasks, risk_grad_fn, risk_hessian_fn, eta):
+    """1/n sum_i (I - eta H_i) grad R_i^q(theta_i) with H_i the full Hessian from ``risk_hessian_fn``.
+
+    ``risk_grad_fn(theta, X, y)`` and ``risk_hessian_fn(theta, X, y)``; tasks = [(Xs, ys, Xq, yq)].
+    """
+    total = np.zeros(theta.shape[0])
+    for Xs, ys, Xq, yq in tasks:
+        theta_i = theta - eta * risk_grad_fn(theta, Xs, ys)
+        g = risk_grad_fn(theta_i, Xq, yq)
+        total += g - eta * risk_hessian_fn(theta, Xs, ys) @ g
+    return total / len(tasks)
+
+
+def random_features(X, omega, c):
+    """phi(x) = sqrt(2/D) cos(Omega^T x + c): the user's random-features predictor's features."""
+    return np.sqrt(2.0 / omega.shape[1]) * np.cos(X @ omega + c)
+# ============================================================ end of issue 12 block

@@ -134,3 +134,21 @@ def test_neural_energy_in_metarl_matches_finite_differences():
     np.testing.assert_allclose(meta.gradient(W), fd, rtol=1e-6, atol=1e-9)
     value, grad = meta.value_and_grad(W)
     assert value == meta.objective(W) and np.array_equal(grad, meta.gradient(W))
+
+
+@pytest.mark.parametrize("kind", ["squared", "logistic"])
+def test_protocol_predict_and_hvp_match_naive(kind):
+    """The predictor-protocol members MetaSL uses: predict and the Gauss-Newton hvp (d1 unused)."""
+    rng = np.random.default_rng(30)
+    net = TwoLayerReLU(3, 40, seed=31)
+    W = net.init_params() + 0.1 * rng.normal(size=net.n_params)
+    X = rng.normal(size=(7, 3))
+    y = (rng.random(7) < 0.5).astype(float) if kind == "logistic" else rng.normal(size=7)
+    h = net.predict(W, X)
+    np.testing.assert_allclose(h, naive.relu_predict(W.reshape(40, 3), net.b, X), rtol=1e-12, atol=1e-14)
+    d1, d2 = naive.dloss(h, y, kind) / 7, naive.d2loss(h, y, kind) / 7
+    H = naive.risk_hessian(W, X, y, lambda t, Z: naive.relu_predict(t.reshape(40, 3), net.b, Z),
+                           lambda t, Z: naive.relu_jacobian(t.reshape(40, 3), net.b, Z), kind)
+    v = rng.normal(size=net.n_params)
+    np.testing.assert_allclose(net.hvp(W, X, v, d1, d2), H @ v, rtol=1e-10, atol=1e-13)
+    np.testing.assert_array_equal(net.hvp(W, X, v, 0 * d1, d2), net.hvp(W, X, v, d1, d2))

@@ -182,10 +182,10 @@ def test_task_generators_check_their_arguments():
 def test_polynomial_features_are_sized_before_they_are_built():
     model = LinearModel("polynomial", degree=25)
     with pytest.raises(ValueError, match=r"'degree' parameter of LinearModel is too large .* = 1.84e\+08 monomials"):
-        model.n_params(10)
+        model.bind(10).n_params
     with pytest.raises(ValueError, match="'degree' parameter of LinearModel is too large"):
         MetaSL([SLTask(np.ones((2, 10)), np.ones(2))], model)
-    assert LinearModel("polynomial", degree=3).n_params(4) == 35
+    assert LinearModel("polynomial", degree=3).bind(4).n_params == 35
 
 
 def test_family_expectation_needs_at_least_one_function():

@@ -118,7 +118,8 @@ def test_linear_parallel_and_serial_kernels_agree_bitwise(numba_threads):
     tasks, _ = make_tasks(n=6, p=5, seed=9)
     meta = MetaSL(tasks, LinearModel(), eta=0.2)
     theta = np.random.default_rng(10).normal(size=5)
-    args = (theta, meta._Zs, meta._ys, meta._offs, meta._Zq, meta._yq, meta._offq, 0.2, 0, ksl.MODE_EXACT)
+    p = meta.pack(tasks)
+    args = (theta, p.Zs, p.ys, p.offs, p.Zq, p.yq, p.offq, 0.2, 0, ksl.MODE_EXACT)
     out = []
     for kernel, threads in ((ksl.linear_meta.serial, 1), (ksl.linear_meta.parallel, 1), (ksl.linear_meta.parallel, 2)):
         numba_threads(threads)
@@ -240,7 +241,7 @@ def test_linear_model_features():
     np.testing.assert_array_equal(LinearModel("affine").transform(X), [[1, 2, 1], [3, -1, 1]])
     poly = LinearModel("polynomial", degree=2).transform(X)
     np.testing.assert_array_equal(poly, [[1, 1, 2, 1, 2, 4], [1, 3, -1, 9, -3, 1]])
-    assert LinearModel("polynomial", degree=3).n_params(2) == 10
+    assert LinearModel("polynomial", degree=3, in_dim=2).n_params == 10
     rff = LinearModel("rff", n_features=50, lengthscale=2.0, seed=3)
     F = rff.transform(X)
     assert F.shape == (2, 50) and np.array_equal(F, LinearModel("rff", n_features=50, lengthscale=2.0,

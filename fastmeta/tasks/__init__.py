@@ -1,9 +1,10 @@
-"""Task families: generators of TabularMDP lists and feature maps."""
+"""Task families: generators of TabularMDP and SLTask lists, feature maps, and samplers of fresh tasks."""
 from .features import grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
-from .linear_gaussian import linear_gaussian_tasks
+from .linear_gaussian import linear_gaussian_sampler, linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
-from .sinusoid import embed_inputs, fourier_embedding, sinusoid_tasks
+from .sampler import TaskSampler
+from .sinusoid import embed_inputs, fourier_embedding, sinusoid_sampler, sinusoid_tasks
 
 __all__ = [
     "grid_rbf_features",
@@ -11,8 +12,11 @@ __all__ = [
     "gridworld_kernel",
     "embed_inputs",
     "fourier_embedding",
+    "linear_gaussian_sampler",
     "linear_gaussian_tasks",
+    "sinusoid_sampler",
     "sinusoid_tasks",
+    "TaskSampler",
     "one_hot_features",
     "random_features",
     "random_kernel",

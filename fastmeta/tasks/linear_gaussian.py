@@ -8,6 +8,7 @@ import numpy as np
 from .._validation import as_float_array, check_int, check_real_scalar
 from ..linear_model import LinearModel
 from ..sl import SLTask
+from .sampler import TaskSampler
 
 _OWNER = "linear_gaussian_tasks"
 
@@ -33,7 +34,8 @@ def linear_gaussian_tasks(n_tasks: int, n_support: int = 10, n_query: int | None
     beta0 : array_like of shape (d,), optional
         Mean of beta_i; zeros by default (then ``in_dim`` is required).
     in_dim : int, optional
-        Dimension of x. Defaults to len(beta0) when phi is the identity.
+        Dimension of x. Defaults to the model's ``in_dim``, or to len(beta0) when phi
+        is the identity.
     cov : float or array_like of shape (d, d), default 1.0
         Sigma: a scalar c means c I; a matrix must be symmetric positive semi-definite.
     noise : float, default 0.1
@@ -58,13 +60,16 @@ def linear_gaussian_tasks(n_tasks: int, n_support: int = 10, n_query: int | None
                         f"Got {type(model).__name__} instead.")
     if beta0 is not None:
         beta0 = as_float_array(beta0, "beta0", _OWNER, ndim=1)
+    if in_dim is None and model.in_dim is not None:
+        in_dim = model.in_dim
     if in_dim is None:
         if beta0 is None or model.features != "identity":
             raise ValueError(f"The 'in_dim' parameter of {_OWNER} is required unless beta0 is given and "
                              f"phi is the identity. Got in_dim=None instead.")
         in_dim = beta0.shape[0]
     in_dim = check_int(in_dim, "in_dim", _OWNER, low=1)
-    d = model.n_params(in_dim)
+    model = model.bind(in_dim)
+    d = model.n_params
     if beta0 is None:
         beta0 = np.zeros(d)
     elif beta0.shape != (d,):
@@ -94,3 +99,13 @@ def linear_gaussian_tasks(n_tasks: int, n_support: int = 10, n_query: int | None
             yq = model.transform(Xq) @ beta + noise * rng.standard_normal(n_query)
             tasks.append(SLTask(X, y, Xq, yq, info={"beta": beta}))
     return tasks
+
+
+def linear_gaussian_sampler(n_tasks: int, **settings: Any) -> TaskSampler:
+    """Fresh ``linear_gaussian_tasks`` every outer step, for ``MetaSL.fit(sampler=...)``.
+
+    Takes the arguments of :func:`linear_gaussian_tasks` except ``seed`` (``fit`` derives each step's
+    Generator from its own ``seed`` and the step), e.g. ``linear_gaussian_sampler(25, n_support=10, n_query=10, in_dim=4)``.
+    """
+    linear_gaussian_tasks(n_tasks, **settings, seed=0)   # validate the settings now, not at step 0 of fit
+    return TaskSampler(linear_gaussian_tasks, n_tasks=n_tasks, **settings)

@@ -6,7 +6,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._validation import check_int, check_real_scalar
-from ..sl import SLTask
+from ..sl import SLTask, TaskBatch
 
 _OWNER = "sinusoid_tasks"
 
@@ -114,3 +114,61 @@ def sinusoid_tasks(n_tasks: int, k_shot: int = 5, k_query: int | None = None, *,
             tasks.append(SLTask(embed_inputs(x, embedding), a * np.sin(x + ph),
                                 embed_inputs(xq, embedding), a * np.sin(xq + ph), info=info))
     return tasks
+
+
+
+class SinusoidSampler:
+    """Fresh sinusoid tasks every step, drawn as one vectorised :class:`fastmeta.sl.TaskBatch`.
+
+    Made by :func:`sinusoid_sampler`; ``sampler(rng, step)`` draws n amplitudes, n phases,
+    then the (n, K) support and (n, K_q) query inputs, in that order (a different stream
+    from :func:`sinusoid_tasks`, which draws task by task).
+    """
+
+    def __init__(self, n_tasks: int, k_shot: int, k_query: int | None, amplitude: tuple[float, float],
+                 phase: tuple[float, float], x_range: tuple[float, float],
+                 embedding: str | Callable | None) -> None:
+        self.n_tasks, self.k_shot, self.k_query = n_tasks, k_shot, k_query
+        self.amplitude, self.phase, self.x_range, self.embedding = amplitude, phase, x_range, embedding
+
+    def __call__(self, rng: np.random.Generator, step: int) -> TaskBatch:
+        n = self.n_tasks
+        a = rng.uniform(*self.amplitude, size=n)
+        ph = rng.uniform(*self.phase, size=n)
+        x = rng.uniform(*self.x_range, size=(n, self.k_shot))
+        X = embed_inputs(x.ravel(), self.embedding).reshape(n, self.k_shot, -1)
+        y = a[:, None] * np.sin(x + ph[:, None])
+        info = {"amplitude": a, "phase": ph}
+        if self.k_query is None:
+            return TaskBatch(X, y, info=info)
+        xq = rng.uniform(*self.x_range, size=(n, self.k_query))
+        Xq = embed_inputs(xq.ravel(), self.embedding).reshape(n, self.k_query, -1)
+        return TaskBatch(X, y, Xq, a[:, None] * np.sin(xq + ph[:, None]), info=info)
+
+    def config(self) -> str:
+        """Identifies the settings (stable across processes; part of checkpoint tags)."""
+        emb = self.embedding
+        emb = getattr(emb, "__qualname__", None) or repr(emb) if callable(emb) else repr(emb)
+        return (f"sinusoid_sampler(n_tasks={self.n_tasks}, k_shot={self.k_shot}, k_query={self.k_query}, "
+                f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range}, embedding={emb})")
+
+    def __repr__(self) -> str:
+        return self.config()
+
+
+def sinusoid_sampler(n_tasks: int = 25, k_shot: int = 5, k_query: int | None = None, *,
+                     amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, np.pi),
+                     x_range: tuple[float, float] = (-5.0, 5.0),
+                     embedding: str | Callable | None = None) -> SinusoidSampler:
+    """Fresh sinusoid tasks every outer step, for ``MetaSL.fit(sampler=...)`` (Finn et al.'s protocol).
+
+    Takes the arguments of :func:`sinusoid_tasks` except ``seed``: ``fit`` derives step l's
+    Generator from its own ``seed`` and l, so a resumed run draws the same tasks. Each call
+    returns one :class:`fastmeta.sl.TaskBatch` (vectorised draws, no per-task objects);
+    the defaults are Finn et al.'s meta-batch of 25 tasks with K = 5.
+    """
+    sinusoid_tasks(1, k_shot, k_query, amplitude=amplitude, phase=phase, x_range=x_range,
+                   embedding=embedding, seed=0)   # validate the settings now, not at step 0 of fit
+    return SinusoidSampler(check_int(n_tasks, "n_tasks", "sinusoid_sampler", low=1), k_shot, k_query,
+                           (float(amplitude[0]), float(amplitude[1])), (float(phase[0]), float(phase[1])),
+                           (float(x_range[0]), float(x_range[1])), embedding)
