@@ -1,12 +1,14 @@
 """Finite MDPs with dense or sparse transition kernels, validated once."""
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from ._fingerprint import csr_fingerprint
 from ._validation import as_float_array, check_real_scalar
 
 _OWNER = "TabularMDP"
@@ -68,6 +70,11 @@ class TabularMDP:
     def shape(self) -> tuple[int, int]:
         """(S, A)."""
         return self.n_states, self.n_actions
+
+    @functools.cached_property
+    def kernel_fingerprint(self) -> str:
+        """Content digest of the canonical kernel (shape, pattern, values), computed once."""
+        return csr_fingerprint(self.P)
 
     def dense_P(self) -> np.ndarray:
         """The kernel as a dense (S, A, S) array (for small problems and tests)."""

@@ -42,13 +42,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import linalg
+from ._fingerprint import pattern_fingerprint
 from ._kernels import rl as _k
+from ._rl_batch import _Batch, make_batches
 from ._optim import FitResult, StepSize, run_gradient_method
 from ._validation import check_choice, check_int, check_nonempty_list, check_real_scalar
 from .energy import Energy
 from .mdp import TabularMDP
 
 _OWNER = "MetaRL"
+SOLVERS = linalg.METHODS + ("batched",)
+BATCH_MAX_STATES = 300
+"""``solver="auto"`` computes tasks with at most this many states by the batched path."""
 
 
 @dataclass
@@ -193,25 +198,44 @@ class MetaRL:
         self.model = model
         self.tau = check_real_scalar(tau, "tau", _OWNER, low=0.0)
         self.eta = check_real_scalar(eta, "eta", _OWNER, low=0.0, low_open=False)
-        self.solver = check_choice(solver, "solver", linalg.METHODS, _OWNER)
+        self.solver = check_choice(solver, "solver", SOLVERS, _OWNER)
         self.tol = check_real_scalar(tol, "tol", _OWNER, low=0.0, high=1.0)
         self.maxiter = None if maxiter is None else check_int(maxiter, "maxiter", _OWNER, low=1)
         self.n_states, self.n_actions = S, A
-        # One symbolic pattern per distinct kernel object; tasks sharing P share it.
-        self._patterns: dict[int, PolicyPattern] = {}
-        self._task_pattern: list[PolicyPattern] = []
-        for task in self.tasks:
-            key = id(task.P)
-            if key not in self._patterns:
-                self._patterns[key] = PolicyPattern.build(task.P, S, A, self.solver, self.tol, self.maxiter)
-            self._task_pattern.append(self._patterns[key])
-        # Groups of tasks sharing (P, gamma): the main effect's M is the same for all of them.
         self._stages: dict[str, float] | None = None  # set by profile_stages
         self._clock = 0.0
-        groups: dict[tuple[int, float], list[int]] = {}
+        # Groups of tasks sharing (kernel content, gamma): the main effect's M is the same
+        # for all of them. Kernels are compared by content, whatever Python object holds them.
+        groups: dict[tuple[str, float], list[int]] = {}
         for i, task in enumerate(self.tasks):
-            groups.setdefault((id(task.P), task.gamma), []).append(i)
+            groups.setdefault((task.kernel_fingerprint, task.gamma), []).append(i)
         self._groups = list(groups.values())
+        self._patterns: dict[str, PolicyPattern] = {}
+        self._task_pattern_list: list[PolicyPattern] | None = None
+        self._batched = self.solver == "batched" or (self.solver == "auto" and S <= BATCH_MAX_STATES)
+        # Work units, combined in this fixed order: batches of small tasks (one compiled
+        # call each) or the sharing groups of the sparse path.
+        self._units: list[_Batch | list[int]] = (make_batches(self.tasks, self._groups) if self._batched
+                                                 else list(self._groups))
+
+    @property
+    def _task_pattern(self) -> list[PolicyPattern]:
+        """The symbolic pattern of every task's M, shared by equal sparsity patterns (built on first use)."""
+        if self._task_pattern_list is None:
+            S, A = self.n_states, self.n_actions
+            method = "dense" if self.solver == "batched" else self.solver
+            by_kernel: dict[str, PolicyPattern] = {}
+            patterns = []
+            for task in self.tasks:
+                pattern = by_kernel.get(task.kernel_fingerprint)
+                if pattern is None:
+                    key = pattern_fingerprint(task.P)
+                    if key not in self._patterns:
+                        self._patterns[key] = PolicyPattern.build(task.P, S, A, method, self.tol, self.maxiter)
+                    pattern = by_kernel[task.kernel_fingerprint] = self._patterns[key]
+                patterns.append(pattern)
+            self._task_pattern_list = patterns
+        return self._task_pattern_list
 
     # ------------------------------------------------------------------ public API
     def objective(self, theta: Any) -> float:
@@ -241,7 +265,10 @@ class MetaRL:
         if i >= len(self.tasks):
             raise ValueError(f"The 'task' parameter of {_OWNER} must be < {len(self.tasks)}. Got {i} instead.")
         f = self.model.energy(theta)
-        return self._group([i], f, self._main_policy(f), want_grad=True, keep=True)[0]
+        pi = self._main_policy(f)
+        if self._batched:
+            return self._batched_trace(i, f, pi)
+        return self._group([i], f, pi, want_grad=True, keep=True)[0]
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
@@ -285,7 +312,9 @@ class MetaRL:
     @property
     def solver_methods(self) -> list[str]:
         """The linear solvers in use ("auto" resolved), one entry per distinct method."""
-        return sorted({pattern.method for pattern in self._patterns.values()})
+        if self._batched:
+            return ["batched"]
+        return sorted({pattern.method for pattern in self._task_pattern})
 
     def profile_stages(self, theta: Any) -> dict[str, float]:
         """Seconds spent in each stage of one ``value_and_grad`` call.
@@ -327,16 +356,57 @@ class MetaRL:
 
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None, None]:
         f = self.model.energy(theta)
-        pi = self._main_policy(f)
         self._tick("energy")
-        total = 0.0
-        grad = np.zeros_like(f) if want_grad else None
-        for group in self._groups:
-            for trace in self._group(group, f, pi, want_grad, keep=False, grad_out=grad):
+        value, grad = self._combine(self._partials(f, range(len(self._units)), want_grad))
+        return value, grad, None
+
+    def _partials(self, f: np.ndarray, unit_indices: Sequence[int],
+                  want_grad: bool = True) -> list[tuple[float, np.ndarray | None]]:
+        """Per-unit partial results at the energy ``f``: (sum of J_i, sum of dL_i/df) for each unit.
+
+        A unit (``self._units[u]``) is a batch of small tasks (one compiled call) or,
+        on the sparse path, a group of tasks sharing a kernel and a discount. A
+        unit's partial depends only on f and that unit, so units may be computed
+        anywhere (another process, another machine) and combined with
+        :meth:`_combine` in unit order: the result is bit-identical to one process.
+        """
+        pi = self._main_policy(f)
+        out = []
+        for u in unit_indices:
+            unit = self._units[u]
+            if isinstance(unit, _Batch):
+                out.append(unit.run(f, pi, 1.0 / self.tau, self.eta, want_grad))
+                self._tick("batched")
+                continue
+            grad = np.zeros_like(f) if want_grad else None
+            total = 0.0
+            for trace in self._group(unit, f, pi, want_grad, keep=False, grad_out=grad):
                 total += trace.J_i
-        if want_grad:
-            grad /= len(self.tasks)
-        return total / len(self.tasks), grad, None
+            out.append((total, grad))
+        return out
+
+    def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
+        """L and dL/df from all units' partials, summed in unit order."""
+        n = len(self.tasks)
+        total = 0.0
+        grad = None
+        for J, g in partials:
+            total += J
+            if g is not None:
+                if grad is None:
+                    grad = g.copy()
+                else:
+                    grad += g
+        if grad is not None:
+            grad /= n
+        return total / n, grad
+
+    def _batched_trace(self, i: int, f: np.ndarray, pi: np.ndarray) -> TaskTrace:
+        """The trace of task i with the batched path's kernels (the same arithmetic as a batch)."""
+        for unit in self._units:
+            if i in unit.position:
+                return unit.trace(unit.position[i], f, pi, 1.0 / self.tau, self.eta)
+        raise AssertionError("every task belongs to a batch")
 
     def _group(self, group: list[int], f: np.ndarray, pi: np.ndarray, want_grad: bool, keep: bool,
                grad_out: np.ndarray | None = None) -> list[TaskTrace]:

@@ -29,6 +29,9 @@ pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, 
 PARALLEL_MIN_SIZE = 50_000
 """Below this many array elements a parallel launch costs more than it saves."""
 
+BATCH_PARALLEL_MIN_WORK = 100_000
+"""A batch of small tasks runs in parallel over tasks when n_tasks * S^3 reaches this."""
+
 
 class SizedKernel:
     """One kernel body compiled twice, serial and parallel; each call picks by size.
