@@ -35,14 +35,17 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
 from . import linalg
 from ._fingerprint import pattern_fingerprint
+from ._kernels import _config
 from ._kernels import rl as _k
 from ._rl_batch import _Batch, make_batches
 from ._optim import FitResult, StepSize, run_gradient_method
@@ -159,14 +162,29 @@ class MetaRL:
     eta : float, default 1.0
         Inner (PPO/KL) step size of (3.3), >= 0 (0 gives plain policy-gradient
         meta-learning of the main effect).
-    solver : {"auto", "dense", "splu", "krylov"}, default "auto"
-        Linear solver for M = I - gamma P_pi; "auto" picks by size and structure
-        once per kernel (see :mod:`fastmeta.linalg`).
+    solver : {"auto", "batched", "dense", "splu", "krylov"}, default "auto"
+        Linear solver for M = I - gamma P_pi. "batched" computes whole batches of
+        tasks in one compiled call (dense LU per task, tasks in parallel); "dense",
+        "splu" and "krylov" go task by task through :mod:`fastmeta.linalg`. "auto"
+        is "batched" up to ``BATCH_MAX_STATES`` states, else it picks by size and
+        structure once per kernel (see :mod:`fastmeta.linalg`).
     tol : float, default 1e-10
         Relative residual tolerance of the iterative solver.
     maxiter : int, optional
         Iteration cap of the iterative solver; exceeding it raises
         :class:`fastmeta.SolverError`.
+    task_workers : int, optional
+        Threads computing groups of tasks at once on the task-by-task path. By
+        default all Numba threads when the tasks are small enough for their own
+        loops to run serially (S*A below the kernels' parallel threshold), else 1
+        (each task parallel inside). Results are the same bits for any value.
+
+    Notes
+    -----
+    Tasks whose kernels are equal (same shape, pattern and values, compared by
+    :attr:`TabularMDP.kernel_fingerprint`, whatever Python object holds them) and
+    discounts share the main effect's factorisation; equal sparsity patterns share
+    the symbolic analysis.
 
     Examples
     --------
@@ -177,7 +195,8 @@ class MetaRL:
     """
 
     def __init__(self, tasks: TabularMDP | Sequence[TabularMDP], model: Energy, *, tau: float = 1.0,
-                 eta: float = 1.0, solver: str = "auto", tol: float = 1e-10, maxiter: int | None = None):
+                 eta: float = 1.0, solver: str = "auto", tol: float = 1e-10, maxiter: int | None = None,
+                 task_workers: int | None = None):
         self.tasks = check_nonempty_list(tasks, "tasks", _OWNER)
         for i, task in enumerate(self.tasks):
             if not isinstance(task, TabularMDP):
@@ -212,6 +231,7 @@ class MetaRL:
         self._groups = list(groups.values())
         self._patterns: dict[str, PolicyPattern] = {}
         self._task_pattern_list: list[PolicyPattern] | None = None
+        self.task_workers = None if task_workers is None else check_int(task_workers, "task_workers", _OWNER, low=1)
         self._batched = self.solver == "batched" or (self.solver == "auto" and S <= BATCH_MAX_STATES)
         # Work units, combined in this fixed order: batches of small tasks (one compiled
         # call each) or the sharing groups of the sparse path.
@@ -371,19 +391,42 @@ class MetaRL:
         :meth:`_combine` in unit order: the result is bit-identical to one process.
         """
         pi = self._main_policy(f)
-        out = []
-        for u in unit_indices:
+
+        def partial(u: int) -> tuple[float, np.ndarray | None]:
             unit = self._units[u]
             if isinstance(unit, _Batch):
-                out.append(unit.run(f, pi, 1.0 / self.tau, self.eta, want_grad))
+                result = unit.run(f, pi, 1.0 / self.tau, self.eta, want_grad)
                 self._tick("batched")
-                continue
+                return result
             grad = np.zeros_like(f) if want_grad else None
             total = 0.0
             for trace in self._group(unit, f, pi, want_grad, keep=False, grad_out=grad):
                 total += trace.J_i
-            out.append((total, grad))
-        return out
+            return total, grad
+
+        unit_indices = list(unit_indices)
+        workers = min(self._unit_workers(), len(unit_indices))
+        if workers <= 1:
+            return [partial(u) for u in unit_indices]
+        # Each unit is computed the same way whichever thread runs it; map keeps unit order.
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(partial, unit_indices))
+
+    def _unit_workers(self) -> int:
+        """Threads computing units at once: tasks in parallel where each task's own loops are serial.
+
+        Units of the sparse path whose arrays are below the kernels' parallel threshold
+        run their loops on one core, so the cores take different units (the compiled
+        kernels release the GIL). Larger tasks keep one unit at a time, parallel inside,
+        with the memory of one unit. Batches are parallel over tasks inside already.
+        """
+        if self.task_workers is not None:
+            return self.task_workers
+        if self._batched or self._stages is not None:
+            return 1
+        if self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE:
+            return 1
+        return numba.get_num_threads()
 
     def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
         """L and dL/df from all units' partials, summed in unit order."""

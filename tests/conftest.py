@@ -28,3 +28,12 @@ def small_problem():
     phi = rng.normal(size=(6, 3, 4))
     theta = rng.normal(size=4)
     return tasks, raw, phi, theta
+
+
+@pytest.fixture
+def force_parallel(monkeypatch):
+    """Make every size-dispatched RL kernel (and batches of any size) run its parallel twin."""
+    from fastmeta._kernels import _config
+
+    monkeypatch.setattr(_config, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(_config, "BATCH_PARALLEL_MIN_WORK", 0)
