@@ -54,38 +54,17 @@ class _Batch:
         self.r = np.stack([t.r for t in tasks])
         self.init = np.stack([t.init for t in tasks])
         n = len(tasks)
-        work = S ** 3
-        self._parallel_tasks = n >= 2 and n * work >= _config.BATCH_PARALLEL_MIN_WORK
-        self._parallel_groups = self.group_kernel.size >= 2 and self.group_kernel.size * work >= \
-            _config.BATCH_PARALLEL_MIN_WORK
+        self._parallel = n >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
         self._n_chunks = min(n, _config.N_CHUNKS)
-
-    def _main_lu(self, pi: np.ndarray) -> np.ndarray:
-        S = self.shape[0]
-        lu = np.empty((self.group_kernel.size, S, S))
-        kernel = _kb.factor_groups.parallel if self._parallel_groups else _kb.factor_groups.serial
-        kernel(self.indptr, self.indices, self.data, self.group_kernel, self.group_gamma, pi, lu)
-        return lu
 
     def run(self, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float,
             want_grad: bool) -> tuple[float, np.ndarray | None]:
         """(sum of J_i, sum of dL_i/df or None) over the batch's tasks, in batch order."""
-        S, A = self.shape
-        n = self.task_group.size
-        lu = self._main_lu(pi)
-        J = np.empty(n)
-        slots = np.empty((n if want_grad else 0, S, A))
-        kernel = _kb.batch_tasks.parallel if self._parallel_tasks else _kb.batch_tasks.serial
-        kernel(self.indptr, self.indices, self.data, self.group_kernel, self.group_gamma, self.task_group,
-               self.r, self.init, f, pi, inv_tau, eta, lu, want_grad, self._n_chunks, J, slots)
-        total = 0.0
-        for j in range(n):  # task order, whatever thread computed each J
-            total += float(J[j])
-        if not want_grad:
-            return total, None
-        grad = np.empty((S, A))
-        _kb.sum_slots(slots, grad)
-        return total, grad
+        grad = np.empty(self.shape) if want_grad else np.empty((0, 0))
+        kernel = _kb.batch_meta_grad.parallel if self._parallel else _kb.batch_meta_grad.serial
+        total = kernel(self.indptr, self.indices, self.data, self.group_kernel, self.group_gamma, self.task_group,
+                       self.r, self.init, f, pi, inv_tau, eta, want_grad, self._n_chunks, np.empty(self.task_group.size), grad)
+        return total, (grad if want_grad else None)
 
     def trace(self, j: int, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float):
         """Every intermediate quantity of the batch's j-th task (the arithmetic of :meth:`run`)."""
@@ -93,16 +72,16 @@ class _Batch:
 
         S, A = self.shape
         g = int(self.task_group[j])
-        lu = np.empty((1, S, S))
-        _kb.factor_groups.serial(self.indptr, self.indices, self.data, self.group_kernel[g:g + 1],
-                                 self.group_gamma[g:g + 1], pi, lu)
+        lu = np.empty((S, S))
+        _kb.factor_group(self.indptr, self.indices, self.data, int(self.group_kernel[g]),
+                         float(self.group_gamma[g]), pi, lu)
         vec = [np.empty(S) for _ in range(5)]
         mat = [np.empty((S, A)) for _ in range(7)]
         V, V_i, nu, xi, tmp = vec
         Q, adv, pi_i, Q_i, adv_i, sigma, grad = mat
         M_i = np.empty((S, S))
         J = _kb.one_task(self.indptr, self.indices, self.data, int(self.group_kernel[g]) * S * A,
-                         float(self.group_gamma[g]), self.r[j], self.init[j], f, pi, inv_tau, eta, lu[0], True,
+                         float(self.group_gamma[g]), self.r[j], self.init[j], f, pi, inv_tau, eta, lu, True,
                          V, Q, adv, pi_i, M_i, V_i, Q_i, adv_i, nu, sigma, xi, grad, tmp)
         return TaskTrace(pi=pi, V=V, Q=Q, A=adv, pi_i=pi_i, V_i=V_i, J_i=float(J), Q_i=Q_i, A_i=adv_i, nu_i=nu,
                          sigma_i=sigma, xi_i=xi, grad_energy=grad)

@@ -218,46 +218,55 @@ def one_task(indptr, indices, data, row0, gamma, r, init, f, pi, inv_tau, eta, l
     return J
 
 
-@sized
-def factor_groups(indptr, indices, data, group_kernel, group_gamma, pi, lu_out):
-    """lu_out[g] <- LU factors of I - gamma_g P_{pi} for the kernel of every group g."""
+@jit
+def _factor_group(indptr, indices, data, kernel, gamma, pi, out):
     S, A = pi.shape
-    for g in prange(group_kernel.size):
-        dense_policy_matrix(indptr, indices, data, group_kernel[g] * S * A, pi, group_gamma[g], lu_out[g])
-        lu_inplace(lu_out[g])
+    dense_policy_matrix(indptr, indices, data, kernel * S * A, pi, gamma, out)
+    lu_inplace(out)
+
+
+@jit
+def factor_group(indptr, indices, data, kernel, gamma, pi, out):
+    """out <- LU factors of I - gamma P_pi for one kernel of a batch."""
+    _factor_group(indptr, indices, data, kernel, gamma, pi, out)
 
 
 @sized
-def batch_tasks(indptr, indices, data, group_kernel, group_gamma, task_group, r, init, f, pi, inv_tau, eta,
-                lu_main, want_grad, n_chunks, J_out, grad_out):
-    """J_out[i] and (if ``want_grad``) grad_out[i] = dL_i/df for every task i of the batch.
+def batch_meta_grad(indptr, indices, data, group_kernel, group_gamma, task_group, r, init, f, pi, inv_tau, eta,
+                    want_grad, n_chunks, J_out, grad_out):
+    """The batch's tasks in one call: returns sum_i J_i, and grad_out = sum_i dL_i/df if ``want_grad``.
 
-    Tasks are split into ``n_chunks`` contiguous chunks, one workspace each; the
-    split only decides which thread computes a task, never how.
+    1. every group's main-effect LU (parallel over groups);
+    2. every task (parallel over ``n_chunks`` contiguous chunks of tasks, one
+       workspace per chunk; the split only decides which thread computes a task),
+       J_i into ``J_out[i]`` and dL_i/df into a slot of its own;
+    3. the sums, in task order.
     """
     S, A = pi.shape
     n = task_group.size
+    G = group_kernel.size
+    lu_main = np.empty((G, S, S))
+    for g in prange(G):
+        _factor_group(indptr, indices, data, group_kernel[g], group_gamma[g], pi, lu_main[g])
+    slots = np.empty((n if want_grad else 1, S, A))
     for c in prange(n_chunks):
         V, V_i, nu, xi, tmp = np.empty(S), np.empty(S), np.empty(S), np.empty(S), np.empty(S)
         Q, adv, pi_i = np.empty((S, A)), np.empty((S, A)), np.empty((S, A))
         Q_i, adv_i, sigma = np.empty((S, A)), np.empty((S, A)), np.empty((S, A))
-        grad = np.empty((S, A))
         M_i = np.empty((S, S))
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
             g = task_group[i]
-            slot = grad_out[i] if want_grad else grad
             J_out[i] = one_task(indptr, indices, data, group_kernel[g] * S * A, group_gamma[g], r[i], init[i],
                                 f, pi, inv_tau, eta, lu_main[g], want_grad, V, Q, adv, pi_i, M_i, V_i, Q_i,
-                                adv_i, nu, sigma, xi, slot, tmp)
-
-
-@sized
-def sum_slots(slots, out):
-    """out = sum_i slots[i], entry by entry in slot order (thread-count independent)."""
-    n, S, A = slots.shape
-    for s in prange(S):
-        for a in range(A):
-            acc = 0.0
-            for i in range(n):
-                acc += slots[i, s, a]
-            out[s, a] = acc
+                                adv_i, nu, sigma, xi, slots[i if want_grad else 0], tmp)
+    total = 0.0
+    for i in range(n):
+        total += J_out[i]
+    if want_grad:
+        for s in prange(S):
+            for a in range(A):
+                acc = 0.0
+                for i in range(n):
+                    acc += slots[i, s, a]
+                grad_out[s, a] = acc
+    return total
