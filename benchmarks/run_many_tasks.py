@@ -42,12 +42,15 @@ def _emit(**row) -> None:
     print(json.dumps(row), flush=True)
 
 
-def _timed(fn, repeats):
+def _timed(fn, repeats, cpu=None):
+    """Wall-clock seconds of ``repeats`` calls; the process CPU seconds of each go to ``cpu`` if given."""
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
     return out
 
 
@@ -76,8 +79,9 @@ def worker_table(S: int, n: int, rounds: int) -> None:
     _emit(kind="setup", impl="jax", first_call=time.perf_counter() - t0, rel_diff=abs(L_jx - L_fm) / abs(L_fm))
     per_round = max(1, min(20, int(0.3 / max(1e-4, _timed(lambda: meta.value_and_grad(theta), 1)[0]))))
     for r in range(rounds):
-        _emit(kind="round", impl="fastmeta", times=_timed(lambda: meta.value_and_grad(theta), per_round))
-        _emit(kind="round", impl="jax", times=_timed(lambda: jx.value_and_grad(theta), per_round))
+        for impl, fn in (("fastmeta", meta.value_and_grad), ("jax", jx.value_and_grad)):
+            cpu: list[float] = []
+            _emit(kind="round", impl=impl, times=_timed(lambda: fn(theta), per_round, cpu), cpu=cpu)
 
 
 def worker_grid(repeats: int) -> None:
@@ -196,8 +200,12 @@ def render(results: dict, info: dict) -> str:
              "before / after each part (2 cores: anything above 2 means the cores were shared).\n"]
     if "table" in results:
         lines += ["## JAX / fastmeta, RL^2 random MDPs (k = 4, A = 4, d = 16, gamma = 0.99)\n",
-                  "| S | n tasks | fastmeta | JAX | JAX / fastmeta | target | load | status |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "Wall-clock medians and their ratio; then the same for the CPU time of the process "
+                  "(all its threads: the work done, less sensitive to other jobs than wall-clock time on "
+                  "a loaded machine).\n",
+                  "| S | n tasks | fastmeta | JAX | JAX / fastmeta | target | fastmeta CPU | JAX CPU | ratio of CPU "
+                  "| load | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for res in results["table"]:
             S, n = int(res["args"][1]), int(res["args"][2])
             fm = [t for r in res["rows"] if r["kind"] == "round" and r["impl"] == "fastmeta" for t in r["times"]]
@@ -206,7 +214,12 @@ def render(results: dict, info: dict) -> str:
             jx_s = _ms(_median(jx)) if jx else "-"
             ratio = f"{_median(jx) / _median(fm):.1f}" if fm and jx else "-"
             target = f">= {TARGETS[S, n]:g}" if (S, n) in TARGETS else ""
-            lines.append(f"| {S} | {n} | {fm_s} | {jx_s} | {ratio} | {target} | {_load(res)} | {res['status']} |")
+            fc = [t for r in res["rows"] if r["kind"] == "round" and r["impl"] == "fastmeta" for t in r["cpu"]]
+            jc = [t for r in res["rows"] if r["kind"] == "round" and r["impl"] == "jax" for t in r["cpu"]]
+            cpu = (f"{_ms(_median(fc))} | {_ms(_median(jc))} | {_median(jc) / _median(fc):.1f}" if fc and jc
+                   else "- | - | -")
+            lines.append(f"| {S} | {n} | {fm_s} | {jx_s} | {ratio} | {target} | {cpu} | {_load(res)} "
+                         f"| {res['status']} |")
         lines.append("")
     if "grid" in results:
         res = results["grid"]

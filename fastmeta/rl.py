@@ -27,9 +27,12 @@ of parameters:
     dL_i/df(s,a) = 1/(1-gamma) [ sigma_i A_i / tau
                                  + eta gamma / ((1-gamma) tau) xi_i(s) pi(a|s) A(s,a) ]
 
-and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks that share one
-kernel object and discount also share the main effect's matrix M, so its
-factorisation is built once for all of them.
+and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks whose kernels are
+equal (by content, see ``TabularMDP.kernel_fingerprint``) and whose discounts are
+equal share the main effect's matrix M, so its factorisation is built once for
+all of them. Small tasks are computed in batches by one compiled call each
+(:mod:`fastmeta._rl_batch`, docs/many_tasks.md); L and dL/df are fixed-order
+sums of per-unit partial results (:meth:`MetaRL._partials`).
 """
 from __future__ import annotations
 
@@ -342,7 +345,8 @@ class MetaRL:
         Stages: "energy" (f and pi), "build M" (I - gamma P_pi from the cached
         pattern), "factorise" (LU, or the iterative solver's set-up), "solve",
         "solve transposed", "kernels" (Bellman backups, measures, assembly) and
-        "vjp" (mapping dL/df to parameters).
+        "vjp" (mapping dL/df to parameters); on the batched path the whole work of
+        the tasks is one stage, "batched".
         """
         theta = self.model.check_params(theta, _OWNER)
         self._stages, self._clock = {}, time.perf_counter()
