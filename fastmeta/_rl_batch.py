@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numba
 import numpy as np
 
 from ._kernels import _config
@@ -55,15 +56,18 @@ class _Batch:
         self.init = np.stack([t.init for t in tasks])
         n = len(tasks)
         self._parallel = n >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
-        self._n_chunks = min(n, _config.N_CHUNKS)
 
     def run(self, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float,
             want_grad: bool) -> tuple[float, np.ndarray | None]:
         """(sum of J_i, sum of dL_i/df or None) over the batch's tasks, in batch order."""
         grad = np.empty(self.shape) if want_grad else np.empty((0, 0))
-        kernel = _kb.batch_meta_grad.parallel if self._parallel else _kb.batch_meta_grad.serial
+        n = self.task_group.size
+        if self._parallel:  # a few chunks per thread balance the load; one workspace per chunk
+            kernel, n_chunks = _kb.batch_meta_grad.parallel, min(n, 4 * numba.get_num_threads())
+        else:
+            kernel, n_chunks = _kb.batch_meta_grad.serial, 1
         total = kernel(self.indptr, self.indices, self.data, self.group_kernel, self.group_gamma, self.task_group,
-                       self.r, self.init, f, pi, inv_tau, eta, want_grad, self._n_chunks, np.empty(self.task_group.size), grad)
+                       self.r, self.init, f, pi, inv_tau, eta, want_grad, n_chunks, np.empty(n), grad)
         return total, (grad if want_grad else None)
 
     def trace(self, j: int, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float):

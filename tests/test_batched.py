@@ -209,3 +209,9 @@ def test_units_computed_on_two_threads_give_the_same_bits(solver):
     np.testing.assert_array_equal(out[1][1], out[2][1])
     meta.task_workers = None
     assert meta._unit_workers() == numba.get_num_threads()  # small tasks on the sparse path: tasks in parallel
+
+
+def test_profile_of_the_batched_path_has_one_stage_for_the_tasks():
+    tasks, raw = mixed_tasks(n=4, seed=22)
+    meta = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 2))))
+    assert set(meta.profile_stages(np.zeros(2))) == {"energy", "batched", "vjp"}
