@@ -121,8 +121,9 @@ def worker_scaling(S: int, ns: list[int]) -> None:
         construct = time.perf_counter() - t0
         first = _timed(lambda: meta.value_and_grad(theta), 1)[0]
         repeats = max(3, min(15, int(2.0 / max(first, 1e-4))))
-        _emit(kind="scaling", S=S, n=n, construct=construct, solver=meta.solver_methods,
-              times=_timed(lambda: meta.value_and_grad(theta), repeats))
+        cpu: list[float] = []
+        times = _timed(lambda: meta.value_and_grad(theta), repeats, cpu)
+        _emit(kind="scaling", S=S, n=n, construct=construct, solver=meta.solver_methods, times=times, cpu=cpu)
 
 
 def worker_overhead(repeats: int) -> None:
@@ -238,11 +239,13 @@ def render(results: dict, info: dict) -> str:
         lines.append("")
     if "scaling" in results:
         lines += ["## Time per gradient against the number of tasks (RL^2, value_and_grad)\n",
-                  "| S | n | time | time / n | solver | load |", "|---|---|---|---|---|---|"]
+                  "| S | n | time | time / n | CPU time | CPU time / n | solver | load |",
+                  "|---|---|---|---|---|---|---|---|"]
         for res in results["scaling"]:
             for r in res["rows"]:
                 t = _median(r["times"])
-                lines.append(f"| {r['S']} | {r['n']} | {_ms(t)} | {_ms(t / r['n'])} | {', '.join(r['solver'])} "
+                c = f"{_ms(_median(r['cpu']))} | {_ms(_median(r['cpu']) / r['n'])}" if r.get("cpu") else "- | -"
+                lines.append(f"| {r['S']} | {r['n']} | {_ms(t)} | {_ms(t / r['n'])} | {c} | {', '.join(r['solver'])} "
                              f"| {_load(res)} |")
             if res["status"] != "ok":
                 lines.append(f"| {res['args'][1]} | | {res['status']} | | | |")
@@ -291,8 +294,13 @@ def main(argv=None) -> None:
     ap.add_argument("--publish", action="store_true", help="write bench_results/many_tasks.{md,json}")
     ap.add_argument("--out", default=os.environ.get("FASTMETA_BENCH_OUT", os.path.join(tempfile.gettempdir(),
                                                                                          "fastmeta-bench")))
+    ap.add_argument("--render", metavar="JSON", help="only re-render the markdown of an earlier run's json")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(render(saved["results"], saved["machine"]))
+        return
     if args.worker:
         kind, *rest = args.worker
         sys.path.insert(0, str(ROOT))

@@ -240,25 +240,30 @@ class MetaRL:
         # call each) or the sharing groups of the sparse path.
         self._units: list[_Batch | list[int]] = (make_batches(self.tasks, self._groups) if self._batched
                                                  else list(self._groups))
+        if not self._batched:  # the symbolic analysis belongs to construction on this path
+            self._task_pattern_list = self._build_patterns()
 
     @property
     def _task_pattern(self) -> list[PolicyPattern]:
         """The symbolic pattern of every task's M, shared by equal sparsity patterns (built on first use)."""
         if self._task_pattern_list is None:
-            S, A = self.n_states, self.n_actions
-            method = "dense" if self.solver == "batched" else self.solver
-            by_kernel: dict[str, PolicyPattern] = {}
-            patterns = []
-            for task in self.tasks:
-                pattern = by_kernel.get(task.kernel_fingerprint)
-                if pattern is None:
-                    key = pattern_fingerprint(task.P)
-                    if key not in self._patterns:
-                        self._patterns[key] = PolicyPattern.build(task.P, S, A, method, self.tol, self.maxiter)
-                    pattern = by_kernel[task.kernel_fingerprint] = self._patterns[key]
-                patterns.append(pattern)
-            self._task_pattern_list = patterns
+            self._task_pattern_list = self._build_patterns()
         return self._task_pattern_list
+
+    def _build_patterns(self) -> list[PolicyPattern]:
+        S, A = self.n_states, self.n_actions
+        method = "dense" if self.solver == "batched" else self.solver
+        by_kernel: dict[str, PolicyPattern] = {}
+        patterns = []
+        for task in self.tasks:
+            pattern = by_kernel.get(task.kernel_fingerprint)
+            if pattern is None:
+                key = pattern_fingerprint(task.P)
+                if key not in self._patterns:
+                    self._patterns[key] = PolicyPattern.build(task.P, S, A, method, self.tol, self.maxiter)
+                pattern = by_kernel[task.kernel_fingerprint] = self._patterns[key]
+            patterns.append(pattern)
+        return patterns
 
     # ------------------------------------------------------------------ public API
     def objective(self, theta: Any) -> float:

@@ -215,3 +215,9 @@ def test_profile_of_the_batched_path_has_one_stage_for_the_tasks():
     tasks, raw = mixed_tasks(n=4, seed=22)
     meta = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 2))))
     assert set(meta.profile_stages(np.zeros(2))) == {"energy", "batched", "vjp"}
+
+
+def test_bad_task_workers(small_problem):
+    tasks, raw, phi, theta = small_problem
+    with pytest.raises(ValueError, match="'task_workers' parameter of MetaRL"):
+        MetaRL(tasks, LinearEnergy(phi), task_workers=0)
