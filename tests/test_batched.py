@@ -10,6 +10,7 @@ from fastmeta._kernels import rl as k
 from fastmeta._kernels import rl_batched as kb
 
 from . import naive
+from .conftest import random_dense_tasks
 
 
 def mixed_tasks(S=5, A=3, n=7, seed=0, sparse_input=False):
@@ -221,3 +222,16 @@ def test_bad_task_workers(small_problem):
     tasks, raw, phi, theta = small_problem
     with pytest.raises(ValueError, match="'task_workers' parameter of MetaRL"):
         MetaRL(tasks, LinearEnergy(phi), task_workers=0)
+
+
+@pytest.mark.parametrize("solver", ["auto", "dense", "splu", "krylov"])
+def test_evaluate_policy_and_visitation_on_dense_input_match_the_oracle(solver):
+    from fastmeta.visitation import evaluate_policy, visitation
+    (task,), ((P, r, gamma, init),) = random_dense_tasks(S=40, A=3, gammas=(0.93,), seed=23)
+    pi = naive.softmax(np.random.default_rng(24).normal(size=(40, 3)))
+    V, Q, A = evaluate_policy(task, pi, solver=solver)
+    V0, Q0, A0 = naive.values(P, r, gamma, pi)
+    np.testing.assert_allclose(V, V0, rtol=1e-9)
+    np.testing.assert_allclose(Q, Q0, rtol=1e-9)
+    nu, sigma = visitation(task, pi, solver=solver)
+    np.testing.assert_allclose(nu, naive.visitation(P, gamma, init, pi)[0], rtol=1e-8, atol=1e-14)
