@@ -235,3 +235,15 @@ def test_evaluate_policy_and_visitation_on_dense_input_match_the_oracle(solver):
     np.testing.assert_allclose(Q, Q0, rtol=1e-9)
     nu, sigma = visitation(task, pi, solver=solver)
     np.testing.assert_allclose(nu, naive.visitation(P, gamma, init, pi)[0], rtol=1e-8, atol=1e-14)
+
+
+def test_equal_patterns_with_different_values_share_the_symbolic_analysis_only():
+    tasks, phi = fastmeta.tasks.random_mdps(1, 30, 3, k=3, gamma=0.9, n_features=4, seed=25)
+    P = tasks[0].P.copy()
+    P.data = P.data ** 2
+    P = fastmeta.mdp.sp.csr_matrix(P.multiply(1.0 / P.sum(axis=1)))
+    other = TabularMDP(P, tasks[0].r, 0.9, tasks[0].init)
+    assert other.kernel_fingerprint != tasks[0].kernel_fingerprint
+    meta = MetaRL([tasks[0], other], LinearEnergy(phi), solver="splu")
+    assert len(meta._groups) == 2
+    assert meta._task_pattern[0] is meta._task_pattern[1]
