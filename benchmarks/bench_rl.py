@@ -16,6 +16,9 @@ RandomMDPRL          fastmeta, RL^2 random MDPs 10^5 states
 ScipyBaselineRL      plain SciPy splu baseline, gridworld 10^4, 10^5
 DenseRL              fastmeta vs jax.grad vs torch.autograd (dense), gridworld S = 100, 400, 1600
 ColdStart            import fastmeta + first gradient in a fresh interpreter (numba cache warm / empty)
+ManyTasksRL          fastmeta on many small RL^2 tasks (S, n) of the JAX side-by-side table, incl. n = 1..1024
+SeparateKernelsRL    gridworld 316 x 316 with each task's kernel built separately (shared by content)
+PerCallOverheadRL    one task with S = 10: gradient against validating theta alone
 """
 from __future__ import annotations
 
@@ -210,3 +213,79 @@ class ColdStart:
 
     def timeraw_import_and_first_gradient(self, numba_cache):
         return _COLD_START.format(root=_fastmeta_root(), fresh_cache=numba_cache == "empty_cache")
+
+
+def _many_random(n_states, n_tasks):
+    """RL^2 random MDPs of the many-tasks issue: k = 4, A = 4, d = 16, gamma = 0.99, theta = 0.5 N(0, I)."""
+    import numpy as np
+
+    import fastmeta
+    tasks, phi = fastmeta.tasks.random_mdps(n_tasks=n_tasks, n_states=n_states, n_actions=4, k=4, gamma=0.99,
+                                            n_features=16, seed=0)
+    meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi))
+    return meta, 0.5 * np.random.default_rng(0).standard_normal(16)
+
+
+class ManyTasksRL:
+    """value_and_grad of n small tasks with their own kernels (the batched path up to 300 states).
+
+    The JAX side of the comparison runs in ``benchmarks/run_many_tasks.py`` (in a child
+    process with a timeout: JAX 0.10.2 may hang in block_until_ready on the test machine).
+    """
+
+    number = 1
+    warmup_time = 0.0
+    params = [[16, 64, 100, 300, 1000], [1, 8, 64, 256, 1024]]
+    param_names = ["n_states", "n_tasks"]
+    repeat = (3, 10, 20.0)
+    rounds = 1
+    timeout = 900
+
+    def setup(self, n_states, n_tasks):
+        if n_states * n_tasks > 300_000:
+            raise NotImplementedError("too long for the suite; see run_many_tasks.py")
+        self.meta, self.theta = _many_random(n_states, n_tasks)
+        self.meta.value_and_grad(self.theta)
+
+    def time_value_and_grad(self, n_states, n_tasks):
+        self.meta.value_and_grad(self.theta)
+
+    def peakmem_value_and_grad(self, n_states, n_tasks):
+        self.meta.value_and_grad(self.theta)
+
+
+class SeparateKernelsRL(_FastmetaRL):
+    """Gridworld 10^5 with every task's kernel a separate (equal) matrix: found equal by fingerprint."""
+
+    family = "grid"
+    params = [100_000]
+    repeat = (3, 5, 60.0)
+    rounds = 1
+    timeout = 900
+
+    def setup(self, n_states):
+        import fastmeta
+        tasks, phi = rp.gridworld(n_states)
+        tasks = [fastmeta.TabularMDP(t.P.copy(), t.r, t.gamma, t.init) for t in tasks]
+        self.meta = rp.fastmeta_model(tasks, phi)
+        self.theta = rp.theta0()
+        self.meta.value_and_grad(self.theta)
+        self.meta.objective(self.theta)
+
+
+class PerCallOverheadRL:
+    """One task, S = 10: the whole gradient next to the validation of theta it starts with."""
+
+    number = 100
+    warmup_time = 0.0
+    repeat = (5, 20, 10.0)
+
+    def setup(self):
+        self.meta, self.theta = _many_random(10, 1)
+        self.meta.gradient(self.theta)
+
+    def time_gradient(self):
+        self.meta.gradient(self.theta)
+
+    def time_check_theta(self):
+        self.meta.model.check_params(self.theta, "MetaRL")

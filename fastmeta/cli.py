@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof.add_argument("--tasks", type=int, default=4)
     prof.add_argument("--family", choices=("grid", "random"), default="grid")
     prof.add_argument("--gamma", type=float, default=0.99)
-    prof.add_argument("--solver", choices=("auto", "dense", "splu", "krylov"), default="auto")
+    prof.add_argument("--solver", choices=("auto", "batched", "dense", "splu", "krylov"), default="auto")
     prof.add_argument("--repeats", type=int, default=3)
     prof.add_argument("--json", default=None, help="also write the report as JSON to this file")
 

@@ -27,22 +27,30 @@ of parameters:
     dL_i/df(s,a) = 1/(1-gamma) [ sigma_i A_i / tau
                                  + eta gamma / ((1-gamma) tau) xi_i(s) pi(a|s) A(s,a) ]
 
-and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks with equal kernels
-(same content, see TabularMDP.kernel_fingerprint) and discount also share the main effect's matrix M, so its
-factorisation is built once for all of them.
+and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks whose kernels are
+equal (by content, see ``TabularMDP.kernel_fingerprint``) and whose discounts are
+equal share the main effect's matrix M, so its factorisation is built once for
+all of them. Small tasks are computed in batches by one compiled call each
+(:mod:`fastmeta._rl_batch`, docs/many_tasks.md); L and dL/df are fixed-order
+sums of per-unit partial results (:meth:`MetaRL._partials`).
 """
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
 from . import linalg
+from ._fingerprint import pattern_fingerprint
+from ._kernels import _config
 from ._kernels import rl as _k
+from ._rl_batch import _Batch, make_batches
 from ._kernels._config import needs_compiling
 from ._optim import FitResult, StepSize, digest, run_gradient_method
 from ._validation import (check_choice, check_computed_finite, check_int, check_nonempty_list,
@@ -51,6 +59,9 @@ from .energy import Energy
 from .mdp import TabularMDP
 
 _OWNER = "MetaRL"
+SOLVERS = linalg.METHODS + ("batched",)
+BATCH_MAX_STATES = 300
+"""``solver="auto"`` computes tasks with at most this many states by the batched path."""
 _OVERFLOW_HINT = ("Its exact value is beyond float64: L grows like r, its gradient like r / tau and "
                   "eta r^2 / tau. Rescale the rewards (scaling r by k and eta by 1/k scales L and its "
                   "gradient by k exactly) or raise tau.")
@@ -159,14 +170,29 @@ class MetaRL:
     eta : float, default 1.0
         Inner (PPO/KL) step size of (3.3), >= 0 (0 gives plain policy-gradient
         meta-learning of the main effect).
-    solver : {"auto", "dense", "splu", "krylov"}, default "auto"
-        Linear solver for M = I - gamma P_pi; "auto" picks by size and structure
-        once per kernel (see :mod:`fastmeta.linalg`).
+    solver : {"auto", "batched", "dense", "splu", "krylov"}, default "auto"
+        Linear solver for M = I - gamma P_pi. "batched" computes whole batches of
+        tasks in one compiled call (dense LU per task, tasks in parallel); "dense",
+        "splu" and "krylov" go task by task through :mod:`fastmeta.linalg`. "auto"
+        is "batched" up to ``BATCH_MAX_STATES`` states, else it picks by size and
+        structure once per kernel (see :mod:`fastmeta.linalg`).
     tol : float, default 1e-10
         Relative residual tolerance of the iterative solver.
     maxiter : int, optional
         Iteration cap of the iterative solver; exceeding it raises
         :class:`fastmeta.SolverError`.
+    task_workers : int, optional
+        Threads computing groups of tasks at once on the task-by-task path. By
+        default all Numba threads when the tasks are small enough for their own
+        loops to run serially (S*A below the kernels' parallel threshold), else 1
+        (each task parallel inside). Results are the same bits for any value.
+
+    Notes
+    -----
+    Tasks whose kernels are equal (same shape, pattern and values, compared by
+    :attr:`TabularMDP.kernel_fingerprint`, whatever Python object holds them) and
+    discounts share the main effect's factorisation; equal sparsity patterns share
+    the symbolic analysis.
 
     Examples
     --------
@@ -177,7 +203,8 @@ class MetaRL:
     """
 
     def __init__(self, tasks: TabularMDP | Sequence[TabularMDP], model: Energy, *, tau: float = 1.0,
-                 eta: float = 1.0, solver: str = "auto", tol: float = 1e-10, maxiter: int | None = None):
+                 eta: float = 1.0, solver: str = "auto", tol: float = 1e-10, maxiter: int | None = None,
+                 task_workers: int | None = None):
         self.tasks = check_nonempty_list(tasks, "tasks", _OWNER)
         for i, task in enumerate(self.tasks):
             if not isinstance(task, TabularMDP):
@@ -206,25 +233,50 @@ class MetaRL:
         self.model = model
         self.tau = check_real_scalar(tau, "tau", _OWNER, low=0.0)
         self.eta = check_real_scalar(eta, "eta", _OWNER, low=0.0, low_open=False)
-        self.solver = check_choice(solver, "solver", linalg.METHODS, _OWNER)
+        self.solver = check_choice(solver, "solver", SOLVERS, _OWNER)
         self.tol = check_real_scalar(tol, "tol", _OWNER, low=0.0, high=1.0)
         self.maxiter = None if maxiter is None else check_int(maxiter, "maxiter", _OWNER, low=1)
         self.n_states, self.n_actions = S, A
-        # One symbolic pattern per distinct kernel (by content); tasks sharing P share it.
-        self._patterns: dict[str, PolicyPattern] = {}
-        self._task_pattern: list[PolicyPattern] = []
-        for task in self.tasks:
-            key = task.kernel_fingerprint
-            if key not in self._patterns:
-                self._patterns[key] = PolicyPattern.build(task.P, S, A, self.solver, self.tol, self.maxiter)
-            self._task_pattern.append(self._patterns[key])
-        # Groups of tasks sharing (P, gamma): the main effect's M is the same for all of them.
         self._stages: dict[str, float] | None = None  # set by profile_stages
         self._clock = 0.0
+        # Groups of tasks sharing (kernel content, gamma): the main effect's M is the same
+        # for all of them. Kernels are compared by content, whatever Python object holds them.
         groups: dict[tuple[str, float], list[int]] = {}
         for i, task in enumerate(self.tasks):
             groups.setdefault((task.kernel_fingerprint, task.gamma), []).append(i)
         self._groups = list(groups.values())
+        self._patterns: dict[str, PolicyPattern] = {}
+        self._task_pattern_list: list[PolicyPattern] | None = None
+        self.task_workers = None if task_workers is None else check_int(task_workers, "task_workers", _OWNER, low=1)
+        self._batched = self.solver == "batched" or (self.solver == "auto" and S <= BATCH_MAX_STATES)
+        # Work units, combined in this fixed order: batches of small tasks (one compiled
+        # call each) or the sharing groups of the sparse path.
+        self._units: list[_Batch | list[int]] = (make_batches(self.tasks, self._groups) if self._batched
+                                                 else list(self._groups))
+        if not self._batched:  # the symbolic analysis belongs to construction on this path
+            self._task_pattern_list = self._build_patterns()
+
+    @property
+    def _task_pattern(self) -> list[PolicyPattern]:
+        """The symbolic pattern of every task's M, shared by equal sparsity patterns (built on first use)."""
+        if self._task_pattern_list is None:
+            self._task_pattern_list = self._build_patterns()
+        return self._task_pattern_list
+
+    def _build_patterns(self) -> list[PolicyPattern]:
+        S, A = self.n_states, self.n_actions
+        method = "dense" if self.solver == "batched" else self.solver
+        by_kernel: dict[str, PolicyPattern] = {}
+        patterns = []
+        for task in self.tasks:
+            pattern = by_kernel.get(task.kernel_fingerprint)
+            if pattern is None:
+                key = pattern_fingerprint(task.P)
+                if key not in self._patterns:
+                    self._patterns[key] = PolicyPattern.build(task.P, S, A, method, self.tol, self.maxiter)
+                pattern = by_kernel[task.kernel_fingerprint] = self._patterns[key]
+            patterns.append(pattern)
+        return patterns
 
     # ------------------------------------------------------------------ public API
     def objective(self, theta: Any) -> float:
@@ -259,7 +311,10 @@ class MetaRL:
         if i >= len(self.tasks):
             raise ValueError(f"The 'task' parameter of {_OWNER} must be < {len(self.tasks)}. Got {i} instead.")
         f = self.model.energy(theta)
-        return self._group([i], f, self._main_policy(f), want_grad=True, keep=True)[0]
+        pi = self._main_policy(f)
+        if self._batched:
+            return self._batched_trace(i, f, pi)
+        return self._group([i], f, pi, want_grad=True, keep=True)[0]
 
     def traces(self, theta: Any) -> list[TaskTrace]:
         """:meth:`trace` of every task, in task order, from one pass.
@@ -371,7 +426,9 @@ class MetaRL:
     @property
     def solver_methods(self) -> list[str]:
         """The linear solvers in use ("auto" resolved), one entry per distinct method."""
-        return sorted({pattern.method for pattern in self._patterns.values()})
+        if self._batched:
+            return ["batched"]
+        return sorted({pattern.method for pattern in self._task_pattern})
 
     def profile_stages(self, theta: Any) -> dict[str, float]:
         """Seconds spent in each stage of one ``value_and_grad`` call.
@@ -379,7 +436,8 @@ class MetaRL:
         Stages: "energy" (f and pi), "build M" (I - gamma P_pi from the cached
         pattern), "factorise" (LU, or the iterative solver's set-up), "solve",
         "solve transposed", "kernels" (Bellman backups, measures, assembly) and
-        "vjp" (mapping dL/df to parameters).
+        "vjp" (mapping dL/df to parameters); on the batched path the whole work of
+        the tasks is one stage, "batched".
         """
         theta = self.model.check_params(theta, _OWNER)
         self._stages, self._clock = {}, time.perf_counter()
@@ -413,16 +471,80 @@ class MetaRL:
 
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None, None]:
         f = self.model.energy(theta)
-        pi = self._main_policy(f)
         self._tick("energy")
-        total = 0.0
-        grad = np.zeros_like(f) if want_grad else None
-        for group in self._groups:
-            for trace in self._group(group, f, pi, want_grad, keep=False, grad_out=grad):
+        value, grad = self._combine(self._partials(f, range(len(self._units)), want_grad))
+        return value, grad, None
+
+    def _partials(self, f: np.ndarray, unit_indices: Sequence[int],
+                  want_grad: bool = True) -> list[tuple[float, np.ndarray | None]]:
+        """Per-unit partial results at the energy ``f``: (sum of J_i, sum of dL_i/df) for each unit.
+
+        A unit (``self._units[u]``) is a batch of small tasks (one compiled call) or,
+        on the sparse path, a group of tasks sharing a kernel and a discount. A
+        unit's partial depends only on f and that unit, so units may be computed
+        anywhere (another process, another machine) and combined with
+        :meth:`_combine` in unit order: the result is bit-identical to one process.
+        """
+        pi = self._main_policy(f)
+
+        def partial(u: int) -> tuple[float, np.ndarray | None]:
+            unit = self._units[u]
+            if isinstance(unit, _Batch):
+                result = unit.run(f, pi, 1.0 / self.tau, self.eta, want_grad)
+                self._tick("batched")
+                return result
+            grad = np.zeros_like(f) if want_grad else None
+            total = 0.0
+            for trace in self._group(unit, f, pi, want_grad, keep=False, grad_out=grad):
                 total += trace.J_i
-        if want_grad:
-            grad /= len(self.tasks)
-        return total / len(self.tasks), grad, None
+            return total, grad
+
+        unit_indices = list(unit_indices)
+        workers = min(self._unit_workers(), len(unit_indices))
+        if workers <= 1:
+            return [partial(u) for u in unit_indices]
+        # Each unit is computed the same way whichever thread runs it; map keeps unit order.
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(partial, unit_indices))
+
+    def _unit_workers(self) -> int:
+        """Threads computing units at once: tasks in parallel where each task's own loops are serial.
+
+        Units of the sparse path whose arrays are below the kernels' parallel threshold
+        run their loops on one core, so the cores take different units (the compiled
+        kernels release the GIL). Larger tasks keep one unit at a time, parallel inside,
+        with the memory of one unit. Batches are parallel over tasks inside already.
+        """
+        if self.task_workers is not None:
+            return self.task_workers
+        if self._batched or self._stages is not None:
+            return 1
+        if self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE:
+            return 1
+        return numba.get_num_threads()
+
+    def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
+        """L and dL/df from all units' partials, summed in unit order."""
+        n = len(self.tasks)
+        total = 0.0
+        grad = None
+        for J, g in partials:
+            total += J
+            if g is not None:
+                if grad is None:
+                    grad = g.copy()
+                else:
+                    grad += g
+        if grad is not None:
+            grad /= n
+        return total / n, grad
+
+    def _batched_trace(self, i: int, f: np.ndarray, pi: np.ndarray) -> TaskTrace:
+        """The trace of task i with the batched path's kernels (the same arithmetic as a batch)."""
+        for unit in self._units:
+            if i in unit.position:
+                return unit.trace(unit.position[i], f, pi, 1.0 / self.tau, self.eta)
+        raise AssertionError("every task belongs to a batch")
 
     def _group(self, group: list[int], f: np.ndarray, pi: np.ndarray, want_grad: bool, keep: bool,
                grad_out: np.ndarray | None = None) -> list[TaskTrace]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import linalg
 from ._kernels import rl as _k
+from ._kernels import rl_batched as _kb
 from ._validation import as_float_array, check_choice
 from .mdp import TabularMDP
 
@@ -46,9 +48,28 @@ def policy_matrix(task: TabularMDP, pi: Any) -> Any:
     return pattern.matrix(task.P, pi, task.gamma)
 
 
+def _dense_enough(task: TabularMDP, solver: str) -> bool:
+    """Whether M goes to a dense LU (the rule of ``linalg.choose_method``, decided from P alone).
+
+    M has at least nnz(P) / A stored entries, so nnz(P) >= A S^2 / 10 makes it dense-ish.
+    """
+    S, A = task.shape
+    if solver == "dense":
+        return True
+    return solver == "auto" and (S <= linalg.DENSE_MAX_N or
+                                 (S <= linalg.DENSE_MAX_N_DENSEISH and 10 * task.P.nnz >= A * S * S))
+
+
 def _factor(task: TabularMDP, pi: np.ndarray, solver: str) -> Any:
     from .rl import PolicyPattern
 
+    if _dense_enough(task, solver):
+        # A dense LU needs no symbolic analysis: M is written densely straight from P's rows
+        # (the sparse pattern of a dense S = 500 input alone costs 8x the whole solve).
+        S = task.n_states
+        M = np.empty((S, S))
+        _kb.dense_policy_matrix(task.P.indptr, task.P.indices, task.P.data, 0, pi, task.gamma, M)
+        return linalg.factorize(sp.csr_matrix(M), "dense")
     pattern = PolicyPattern.build(task.P, task.n_states, task.n_actions, solver, 1e-11, None)
     return pattern.factorize(task.P, pi, task.gamma)
 

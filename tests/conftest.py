@@ -32,6 +32,15 @@ def small_problem():
 
 
 @pytest.fixture
+def force_parallel(monkeypatch):
+    """Make every size-dispatched RL kernel (and batches of any size) run its parallel twin."""
+    from fastmeta._kernels import _config
+
+    monkeypatch.setattr(_config, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(_config, "BATCH_PARALLEL_MIN_WORK", 0)
+
+
+@pytest.fixture
 def numba_threads():
     """``numba_threads(n)`` sets the Numba thread count; the count in force before the
     test is restored however the test ends. Skips where fewer than 2 threads exist."""

@@ -29,7 +29,7 @@ def test_demo_plot_when_matplotlib_is_available(tmp_path):
     assert path.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("family,states", [("grid", 400), ("random", 300)])
+@pytest.mark.parametrize("family,states", [("grid", 400), ("random", 400)])
 def test_profile_reports_every_stage(family, states, tmp_path, capsys):
     path = tmp_path / "p.json"
     assert cli.main(["profile", "--states", str(states), "--features", "8", "--tasks", "2", "--family", family,

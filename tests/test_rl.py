@@ -103,11 +103,18 @@ def test_results_do_not_depend_on_the_number_of_threads():
         np.testing.assert_array_equal(out[1, solver][1], out[2, solver][1])
 
 
-def test_tasks_sharing_a_kernel_share_the_main_factorisation():
+@pytest.mark.parametrize("solver", ["auto", "splu"])
+def test_tasks_with_equal_kernels_share_the_main_factorisation(solver):
+    """Sharing is by content: a copy of the kernel (another object) joins the same group."""
     tasks, phi = fastmeta.tasks.gridworld_goals(4, 6, seed=0)
-    meta = MetaRL(tasks + [fastmeta.TabularMDP(tasks[0].P, tasks[0].r, 0.5, tasks[0].init)], LinearEnergy(phi))
+    copy = fastmeta.TabularMDP(tasks[1].P.copy(), tasks[1].r, tasks[1].gamma, tasks[1].init)
+    other_gamma = fastmeta.TabularMDP(tasks[0].P, tasks[0].r, 0.5, tasks[0].init)
+    meta = MetaRL(tasks + [copy, other_gamma], LinearEnergy(phi), solver=solver)
+    # equal kernels from different objects: one canonical copy (interned by content) and one group
+    assert copy.kernel_fingerprint == tasks[1].kernel_fingerprint and copy.P is tasks[1].P
+    assert sorted(len(g) for g in meta._groups) == [1, 5]
+    assert len({id(p) for p in meta._task_pattern}) == 1
     assert len(meta._patterns) == 1
-    assert sorted(len(g) for g in meta._groups) == [1, 4]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -73,7 +73,11 @@ def test_small_kernels_match_oracle():
     np.testing.assert_allclose(out_s, (pi * x).sum(axis=1), rtol=1e-13)
     k.scale_rows(nu, pi, out_sa)
     np.testing.assert_allclose(out_sa, nu[:, None] * pi, rtol=1e-15)
-    k.advantage(Q, V, out_sa)
-    np.testing.assert_allclose(out_sa, Q - V[:, None], rtol=1e-15)
+    k.centred_advantage(Q, pi, out_sa)
+    np.testing.assert_allclose(out_sa, Q - (pi * Q).sum(axis=1)[:, None], rtol=1e-13, atol=1e-15)
+    saturated = np.zeros((9, 4))
+    saturated[:, 2] = 1.0
+    k.centred_advantage(Q, saturated, out_sa)
+    assert np.all(out_sa[:, 2] == 0.0)           # exactly zero under a one-hot policy
     assert k.chunked_dot(nu, V) == pytest.approx(nu @ V, rel=1e-13)
     assert k.chunked_dot(np.ones(1), np.full(1, 3.0)) == 3.0

@@ -30,6 +30,9 @@ pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, 
 PARALLEL_MIN_SIZE = 50_000
 """Below this many array elements a parallel launch costs more than it saves."""
 
+BATCH_PARALLEL_MIN_WORK = 1_000_000
+"""A batch runs in parallel over tasks when n_tasks * S^3 reaches this (about 0.3 ms of serial LU work)."""
+
 
 class SizedKernel:
     """One kernel body compiled twice, serial and parallel; each call picks by size.

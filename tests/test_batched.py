@@ -1,0 +1,249 @@
+"""The batched path (many small tasks in one compiled call) against the oracles and the per-task path."""
+import numba
+import numpy as np
+import pytest
+
+import fastmeta
+from fastmeta import LinearEnergy, MetaRL, TabularMDP
+from fastmeta import _rl_batch
+from fastmeta._kernels import rl as k
+from fastmeta._kernels import rl_batched as kb
+
+from . import naive
+from .conftest import random_dense_tasks
+
+
+def mixed_tasks(S=5, A=3, n=7, seed=0, sparse_input=False):
+    """Tasks with per-task gamma and init; some share a kernel by value (equal copies), some not."""
+    rng = np.random.default_rng(seed)
+    kernels = []
+    for _ in range(3):
+        P = rng.random((S, A, S)) ** 3
+        P[P < 0.2] = 0.0
+        P[:, :, 0] += 1e-3
+        kernels.append(P / P.sum(axis=2, keepdims=True))
+    gammas = (0.9, 0.5)
+    tasks, raw = [], []
+    for i in range(n):
+        P = kernels[i % 3].copy()  # a new object every time: equal by content only
+        g = gammas[(i // 3) % 2]
+        r = rng.normal(size=(S, A))
+        init = rng.dirichlet(np.ones(S))
+        given = fastmeta.mdp.sp.csr_matrix(P.reshape(S * A, S)) if sparse_input else P
+        tasks.append(TabularMDP(given, r, g, init))
+        raw.append((P, r, g, init))
+    return tasks, raw
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+@pytest.mark.parametrize("n", [1, 7])
+def test_batched_matches_the_oracle(n, sparse_input):
+    tasks, raw = mixed_tasks(n=n, sparse_input=sparse_input)
+    rng = np.random.default_rng(3)
+    phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
+    meta = MetaRL(tasks, LinearEnergy(phi), tau=0.7, eta=1.3, solver="batched")
+    L, g = meta.value_and_grad(theta)
+    assert L == pytest.approx(naive.meta_objective(raw, phi, theta, 0.7, 1.3), rel=1e-12)
+    np.testing.assert_allclose(g, naive.meta_gradient(raw, phi, theta, 0.7, 1.3), rtol=1e-9, atol=1e-12)
+    assert meta.objective(theta) == L
+
+
+def test_batched_matches_the_oracle_for_500_tasks():
+    tasks, raw = mixed_tasks(S=3, A=2, n=500, seed=4)
+    rng = np.random.default_rng(5)
+    phi, theta = rng.normal(size=(3, 2, 3)), rng.normal(size=3)
+    meta = MetaRL(tasks, LinearEnergy(phi), tau=1.1, eta=0.8)  # "auto" picks the batched path
+    assert meta.solver_methods == ["batched"]
+    L, g = meta.value_and_grad(theta)
+    assert L == pytest.approx(naive.meta_objective(raw, phi, theta, 1.1, 0.8), rel=1e-11)
+    np.testing.assert_allclose(g, naive.meta_gradient(raw, phi, theta, 1.1, 0.8), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["dense", "splu", "krylov"])
+def test_batched_matches_the_per_task_paths(solver):
+    tasks, phi = fastmeta.tasks.random_mdps(6, 40, 4, k=4, gamma=0.95, n_features=8, seed=2)
+    tasks += [TabularMDP(tasks[0].P.copy(), tasks[1].r, 0.8, tasks[2].init)]
+    theta = np.random.default_rng(6).normal(size=8)
+    a = MetaRL(tasks, LinearEnergy(phi), tau=0.9, eta=1.7, solver="batched")
+    b = MetaRL(tasks, LinearEnergy(phi), tau=0.9, eta=1.7, solver=solver)
+    La, ga = a.value_and_grad(theta)
+    Lb, gb = b.value_and_grad(theta)
+    assert La == pytest.approx(Lb, rel=1e-10)
+    np.testing.assert_allclose(ga, gb, rtol=1e-7, atol=1e-12 * np.abs(gb).max())
+    np.testing.assert_allclose(a.grad_energy(theta), b.grad_energy(theta), rtol=1e-7, atol=1e-14)
+
+
+def test_batched_trace_matches_the_per_task_trace():
+    tasks, raw = mixed_tasks(n=5, seed=8)
+    rng = np.random.default_rng(9)
+    phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
+    a = MetaRL(tasks, LinearEnergy(phi), tau=0.6, eta=2.0, solver="batched")
+    b = MetaRL(tasks, LinearEnergy(phi), tau=0.6, eta=2.0, solver="dense")
+    total = np.zeros((5, 3))
+    for i in range(5):
+        ta, tb = a.trace(theta, task=i), b.trace(theta, task=i)
+        for name in ("pi", "V", "Q", "A", "pi_i", "V_i", "Q_i", "A_i", "nu_i", "sigma_i", "xi_i", "grad_energy"):
+            np.testing.assert_allclose(getattr(ta, name), getattr(tb, name), rtol=1e-10, atol=1e-13, err_msg=name)
+        assert ta.J_i == pytest.approx(tb.J_i, rel=1e-12)
+        total += ta.grad_energy
+    np.testing.assert_allclose(total / 5, a.grad_energy(theta), rtol=1e-12, atol=1e-16)
+
+
+def test_partials_combine_to_the_one_process_result_bit_for_bit(monkeypatch):
+    """Units computed separately (as on other machines) and combined in unit order give the same bits."""
+    monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 3 * 8 * (5 * 5 + 2 * 5 * 3 + 5))  # 3 tasks per batch
+    tasks, raw = mixed_tasks(n=8, seed=10)
+    rng = np.random.default_rng(11)
+    phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
+    for solver in ("batched", "splu"):
+        meta = MetaRL(tasks, LinearEnergy(phi), solver=solver)
+        L, g = meta.value_and_grad(theta)
+        f = meta.model.energy(theta)
+        units = range(len(meta._units))
+        assert len(units) == (3 if solver == "batched" else 6)
+        parts = [meta._partials(f, [u])[0] for u in reversed(units)][::-1]
+        L2, gf = meta._combine(parts)
+        assert L2 == L
+        np.testing.assert_array_equal(meta.model.energy_vjp(theta, gf), g)
+        single = MetaRL(tasks, LinearEnergy(phi), solver="dense").value_and_grad(theta)
+        np.testing.assert_allclose(g, single[1], rtol=1e-9)
+
+
+def test_batches_are_capped_in_memory(monkeypatch):
+    tasks, raw = mixed_tasks(n=10, seed=12)
+    rng = np.random.default_rng(13)
+    phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
+    whole = MetaRL(tasks, LinearEnergy(phi), solver="batched")
+    monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 1)
+    split = MetaRL(tasks, LinearEnergy(phi), solver="batched")
+    assert (len(whole._units), len(split._units)) == (1, 10)
+    assert sorted(i for u in split._units for i in u.tasks) == list(range(10))
+    np.testing.assert_allclose(split.gradient(theta), whole.gradient(theta), rtol=1e-12)
+
+
+def test_batch_stores_each_kernel_once():
+    tasks, raw = mixed_tasks(n=9, seed=14)
+    (batch,) = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 1))), solver="batched")._units
+    assert batch.indptr.size == 3 * 5 * 3 + 1
+    assert batch.group_kernel.size == 6  # 3 kernels x 2 discounts
+
+
+def test_dense_lu_kernels_match_numpy():
+    rng = np.random.default_rng(15)
+    for n in (1, 2, 7, 8, 13):
+        P = rng.random((n, n))
+        M = np.eye(n) - 0.97 * P / P.sum(axis=1, keepdims=True)
+        lu = M.copy()
+        kb.lu_inplace(lu)
+        L, U = np.tril(lu, -1) + np.eye(n), np.triu(lu)
+        np.testing.assert_allclose(L @ U, M, atol=1e-14)
+        b, x = rng.normal(size=n), np.empty(n)
+        kb.lu_solve(lu, b, x)
+        np.testing.assert_allclose(x, np.linalg.solve(M, b), rtol=1e-11)
+        kb.lu_solve_transposed(lu, b, x)
+        np.testing.assert_allclose(x, np.linalg.solve(M.T, b), rtol=1e-11)
+
+
+def _all_solver_results(tasks, phi, theta):
+    return {s: MetaRL(tasks, LinearEnergy(phi), tau=0.8, eta=1.2, solver=s).value_and_grad(theta)
+            for s in ("batched", "dense", "splu", "krylov")}
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_parallel_twins_give_the_same_bits_for_1_and_2_threads(force_parallel):
+    tasks, phi = fastmeta.tasks.random_mdps(9, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
+    tasks += [TabularMDP(tasks[0].P.copy(), tasks[3].r, 0.7, tasks[4].init)]
+    theta = np.random.default_rng(17).normal(size=6)
+    old = numba.get_num_threads()
+    try:
+        out = {}
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            out[threads] = _all_solver_results(tasks, phi, theta)
+    finally:
+        numba.set_num_threads(old)
+    for solver, (L, g) in out[1].items():
+        assert out[2][solver][0] == L, solver
+        np.testing.assert_array_equal(out[2][solver][1], g, err_msg=solver)
+    # the forced run really used the parallel twins of every size-dispatched RL kernel
+    for name in ("softmax_policy", "policy_average", "bellman_q", "count_policy_pattern", "fill_policy_pattern",
+                 "fill_policy_matrix", "chunked_dot", "add_own_term", "add_meta_term", "centred_advantage", "scale_rows",
+                 "linear_energy", "linear_energy_vjp"):
+        assert getattr(k, name).parallel.signatures, name
+    assert kb.batch_meta_grad.parallel.signatures
+
+
+def test_parallel_and_serial_twins_agree_bit_for_bit(monkeypatch):
+    tasks, phi = fastmeta.tasks.random_mdps(5, 20, 3, k=3, gamma=0.9, n_features=6, seed=18)
+    theta = np.random.default_rng(19).normal(size=6)
+    serial = _all_solver_results(tasks, phi, theta)
+    from fastmeta._kernels import _config
+    monkeypatch.setattr(_config, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(_config, "BATCH_PARALLEL_MIN_WORK", 0)
+    parallel = _all_solver_results(tasks, phi, theta)
+    for solver, (L, g) in serial.items():
+        assert parallel[solver][0] == L, solver
+        np.testing.assert_array_equal(parallel[solver][1], g, err_msg=solver)
+
+
+def test_bad_solver_name_lists_batched(small_problem):
+    tasks, raw, phi, theta = small_problem
+    with pytest.raises(ValueError, match="'batched'"):
+        MetaRL(tasks, LinearEnergy(phi), solver="lapack")
+
+
+def test_auto_keeps_large_tasks_on_the_sparse_path():
+    tasks, phi = fastmeta.tasks.gridworld_goals(2, 18, gamma=0.95, seed=0)  # 324 states
+    assert MetaRL(tasks, LinearEnergy(phi)).solver_methods != ["batched"]
+
+
+@pytest.mark.parametrize("solver", ["splu", "krylov"])
+def test_units_computed_on_two_threads_give_the_same_bits(solver):
+    tasks, phi = fastmeta.tasks.random_mdps(5, 40, 3, k=3, gamma=0.9, n_features=6, seed=20)
+    theta = np.random.default_rng(21).normal(size=6)
+    meta = MetaRL(tasks, LinearEnergy(phi), solver=solver)
+    out = {}
+    for workers in (1, 2):
+        meta.task_workers = workers
+        out[workers] = meta.value_and_grad(theta)
+    assert out[1][0] == out[2][0]
+    np.testing.assert_array_equal(out[1][1], out[2][1])
+    meta.task_workers = None
+    assert meta._unit_workers() == numba.get_num_threads()  # small tasks on the sparse path: tasks in parallel
+
+
+def test_profile_of_the_batched_path_has_one_stage_for_the_tasks():
+    tasks, raw = mixed_tasks(n=4, seed=22)
+    meta = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 2))))
+    assert set(meta.profile_stages(np.zeros(2))) == {"energy", "batched", "vjp"}
+
+
+def test_bad_task_workers(small_problem):
+    tasks, raw, phi, theta = small_problem
+    with pytest.raises(ValueError, match="'task_workers' parameter of MetaRL"):
+        MetaRL(tasks, LinearEnergy(phi), task_workers=0)
+
+
+@pytest.mark.parametrize("solver", ["auto", "dense", "splu", "krylov"])
+def test_evaluate_policy_and_visitation_on_dense_input_match_the_oracle(solver):
+    from fastmeta.visitation import evaluate_policy, visitation
+    (task,), ((P, r, gamma, init),) = random_dense_tasks(S=40, A=3, gammas=(0.93,), seed=23)
+    pi = naive.softmax(np.random.default_rng(24).normal(size=(40, 3)))
+    V, Q, A = evaluate_policy(task, pi, solver=solver)
+    V0, Q0, A0 = naive.values(P, r, gamma, pi)
+    np.testing.assert_allclose(V, V0, rtol=1e-9)
+    np.testing.assert_allclose(Q, Q0, rtol=1e-9)
+    nu, sigma = visitation(task, pi, solver=solver)
+    np.testing.assert_allclose(nu, naive.visitation(P, gamma, init, pi)[0], rtol=1e-8, atol=1e-14)
+
+
+def test_equal_patterns_with_different_values_share_the_symbolic_analysis_only():
+    tasks, phi = fastmeta.tasks.random_mdps(1, 30, 3, k=3, gamma=0.9, n_features=4, seed=25)
+    P = tasks[0].P.copy()
+    P.data = P.data ** 2
+    P = fastmeta.mdp.sp.csr_matrix(P.multiply(1.0 / P.sum(axis=1)))
+    other = TabularMDP(P, tasks[0].r, 0.9, tasks[0].init)
+    assert other.kernel_fingerprint != tasks[0].kernel_fingerprint
+    meta = MetaRL([tasks[0], other], LinearEnergy(phi), solver="splu")
+    assert len(meta._groups) == 2
+    assert meta._task_pattern[0] is meta._task_pattern[1]
