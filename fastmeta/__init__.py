@@ -9,15 +9,7 @@ parameters.
 """
 from __future__ import annotations
 
-import os
-
-# Numba runs parallel kernels on OpenMP, whose idle workers spin-wait by default. On a
-# machine where other processes hold the cores, every parallel region then waits for a
-# descheduled spinning thread: measured 10-500x slowdowns here. Passive waiting costs
-# microseconds per region and nothing else. An explicit setting by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import tasks  # noqa: E402
+from . import planning, tasks, visitation
 from ._optim import FitResult, load_checkpoint
 from .energy import Energy, LinearEnergy
 from .linalg import SolverError
@@ -43,5 +35,7 @@ __all__ = [
     "TaskTrace",
     "TwoLayerReLU",
     "load_checkpoint",
+    "planning",
     "tasks",
+    "visitation",
 ]

@@ -345,7 +345,7 @@ def test_sl_demo_quick_adapts_and_beats_pretraining(tmp_path):
     buf = io.StringIO()
     res = run_sl_demo(seed=0, quick=True, out=buf, progress=False)
     text = buf.getvalue()
-    assert "MAML (ours)" in text and "random Fourier features" in text
+    assert "MAML (this run)" in text and "random Fourier features" in text
     maml, pre = res["maml"], res["pretrained"]
     assert len(maml) == len(pre) == len(EVAL_STEPS)
     # Adaptation works: one step roughly halves the MSE, ten steps go further, and far below pretraining.
