@@ -214,6 +214,10 @@ class MetaRL:
         self._groups = list(groups.values())
 
     # ------------------------------------------------------------------ public API
+    def init_params(self) -> np.ndarray:
+        """The model's initial parameters (zeros, the uniform policy, for LinearEnergy), as MetaSL's."""
+        return self.model.init_params()
+
     def objective(self, theta: Any) -> float:
         """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
         theta = self.model.check_params(theta, _OWNER)

@@ -26,6 +26,7 @@ import numpy as np
 from ._kernels import sl as _ksl
 from ._kernels import relu as _krelu
 from ._optim import FitResult, StepSize, run_gradient_method
+from ._deprecation import renamed_keyword
 from ._validation import (as_float_array, check_choice, check_finite, check_int,
                           check_nonempty_list, check_real_scalar)
 from .linear_model import LinearModel
@@ -200,19 +201,22 @@ class MetaSL:
         """The model's initial parameters: zeros for LinearModel, W(0) for TwoLayerReLU."""
         return self.model.init_params(self.in_dim) if self._linear else self.model.init_params()
 
-    def objective(self, params: Any) -> float:
+    @renamed_keyword("params", "theta")
+    def objective(self, theta: Any) -> float:
         """L(theta) of (4.4): the mean over tasks of the query risk after one inner step."""
-        theta = self._check_params(params, "MetaSL.objective")
+        theta = self._check_params(theta, "MetaSL.objective")
         return self._run(theta, _ksl.MODE_VALUE)[0]
 
-    def gradient(self, params: Any) -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def gradient(self, theta: Any) -> np.ndarray:
         """grad L(theta), exact (or the first-order approximation if ``first_order``)."""
-        theta = self._check_params(params, "MetaSL.gradient")
+        theta = self._check_params(theta, "MetaSL.gradient")
         return self._run(theta, self._grad_mode)[1]
 
-    def value_and_grad(self, params: Any) -> tuple[float, np.ndarray]:
+    @renamed_keyword("params", "theta")
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
         """(L(theta), grad L(theta)) from one compiled call."""
-        theta = self._check_params(params, "MetaSL.value_and_grad")
+        theta = self._check_params(theta, "MetaSL.value_and_grad")
         return self._run(theta, self._grad_mode)
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
@@ -265,14 +269,26 @@ class MetaSL:
                          f"first_order={self.first_order}|n_tasks={self.n_tasks}|data={h.hexdigest()[:16]}")
         return self._tag
 
+    def predict(self, theta: Any, X: Any) -> np.ndarray:
+        """The model's outputs h_theta(x) for the rows x of ``X``, shape (N,).
+
+        ``X`` has shape (N, in_dim), raw inputs as in :class:`SLTask` (a LinearModel
+        applies its feature map). For the logistic loss these are logits; the
+        probability of label 1 is 1 / (1 + exp(-h)).
+        """
+        theta = self._check_params(theta, "MetaSL.predict")
+        X = as_float_array(X, "X", "MetaSL.predict", shape=(None, self.in_dim))
+        return self._predict(theta, self._inputs(X))
+
     # -- single-task tools: adaptation, risks, Hessian-vector products ----------------
-    def adapt(self, params: Any, task: SLTask, steps: int = 1, eta: float | None = None,
+    @renamed_keyword("params", "theta")
+    def adapt(self, theta: Any, task: SLTask, steps: int = 1, eta: float | None = None,
               return_path: bool = False) -> np.ndarray:
         """Run ``steps`` inner gradient steps theta <- theta - eta grad R(theta) on ``task``'s support set.
 
         Parameters
         ----------
-        params : array_like
+        theta : array_like
             Starting parameters (typically the meta-trained theta).
         task : SLTask
             A (new) task; only its support set is used.
@@ -289,7 +305,7 @@ class MetaSL:
         ndarray of shape (n_params,) or (steps + 1, n_params)
         """
         owner = "MetaSL.adapt"
-        theta = self._check_params(params, owner).copy()
+        theta = self._check_params(theta, owner).copy()
         steps = check_int(steps, "steps", owner, low=0)
         eta = self.eta if eta is None else check_real_scalar(eta, "eta", owner, low=0.0, low_open=False)
         Z, y = self._task_data(task, "support", owner)
@@ -300,26 +316,29 @@ class MetaSL:
                 path.append(theta)
         return np.stack(path) if path is not None else theta
 
-    def risk(self, params: Any, task: SLTask, split: str = "query") -> float:
+    @renamed_keyword("params", "theta")
+    def risk(self, theta: Any, task: SLTask, split: str = "query") -> float:
         """R(theta) = mean loss of the model on ``task``'s ``split`` set (support if it has no query set)."""
-        theta = self._check_params(params, "MetaSL.risk")
+        theta = self._check_params(theta, "MetaSL.risk")
         Z, y = self._task_data(task, split, "MetaSL.risk")
         return self._risk_parts(theta, Z, y, need_grad=False)[0]
 
-    def risk_grad(self, params: Any, task: SLTask, split: str = "support") -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def risk_grad(self, theta: Any, task: SLTask, split: str = "support") -> np.ndarray:
         """grad R(theta) on ``task``'s ``split`` set."""
-        theta = self._check_params(params, "MetaSL.risk_grad")
+        theta = self._check_params(theta, "MetaSL.risk_grad")
         Z, y = self._task_data(task, split, "MetaSL.risk_grad")
         return self._risk_parts(theta, Z, y, need_grad=True)[1]
 
-    def risk_hvp(self, params: Any, task: SLTask, v: Any, split: str = "support") -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def risk_hvp(self, theta: Any, task: SLTask, v: Any, split: str = "support") -> np.ndarray:
         """Gauss-Newton product J^T diag(l''/N) J v of the risk on ``task``'s ``split`` set.
 
         Equal to Hess R(theta) v for the linear model; for the ReLU network, equal to it
         wherever no pre-activation W_r^T x_j is exactly zero (see the class notes).
         """
         owner = "MetaSL.risk_hvp"
-        theta = self._check_params(params, owner)
+        theta = self._check_params(theta, owner)
         v = as_float_array(v, "v", owner, shape=(self.n_params,))
         Z, y = self._task_data(task, split, owner)
         _, _, d2 = self._loss_terms(self._predict(theta, Z), y)
