@@ -184,7 +184,7 @@ def chunked_dot(x, y):
 
 @sized
 def add_own_term(sigma_i, adv_i, c, out):
-    """out(s, a) += c sigma_i(s, a) A_i(s, a): the adapted policy's own term (ERRATA section 4)."""
+    """out(s, a) += c sigma_i(s, a) A_i(s, a): the adapted policy's own term (docs/formulas.md section 3)."""
     S, A = sigma_i.shape
     for s in prange(S):
         for a in range(A):
@@ -193,7 +193,7 @@ def add_own_term(sigma_i, adv_i, c, out):
 
 @sized
 def add_meta_term(xi, pi, adv, c, out):
-    """out(s, a) += c xi(s) pi(a|s) A(s, a): the term through the inner step (ERRATA section 4)."""
+    """out(s, a) += c xi(s) pi(a|s) A(s, a): the term through the inner step (docs/formulas.md section 3)."""
     S, A = pi.shape
     for s in prange(S):
         for a in range(A):
