@@ -46,6 +46,18 @@ class TabularMDP:
     Tasks of one meta-learning problem share S and A; they may differ in P, r,
     gamma and init. Tasks built from the *same* sparse matrix object share its
     canonical form (and its memory).
+
+    Examples
+    --------
+    Two states; action a moves to state a, and action 1 pays 1:
+
+    >>> import numpy as np
+    >>> from fastmeta import TabularMDP
+    >>> P = np.zeros((2, 2, 2))
+    >>> P[:, 0, 0] = P[:, 1, 1] = 1.0
+    >>> task = TabularMDP(P, np.array([[0.0, 1.0], [0.0, 1.0]]), 0.9, np.array([1.0, 0.0]))
+    >>> task.n_states, task.n_actions, task.P.shape
+    (2, 2, (4, 2))
     """
 
     def __init__(self, P: Any, r: Any, gamma: float, init: Any):

@@ -129,6 +129,22 @@ class MetaSL:
     exact wherever no pre-activation is exactly zero (the network is piecewise linear in W,
     so the term sum_j l'(h_j) d^2 h_j/dW^2 vanishes there). Results do not depend on the
     number of Numba threads.
+
+    Examples
+    --------
+    >>> import fastmeta
+    >>> from fastmeta.tasks import linear_gaussian_tasks
+    >>> tasks = linear_gaussian_tasks(8, n_support=10, in_dim=3, seed=0)
+    >>> meta = fastmeta.MetaSL(tasks, fastmeta.LinearModel(), eta=0.1)
+    >>> theta = meta.init_params()
+    >>> L, grad = meta.value_and_grad(theta)
+    >>> grad.shape
+    (3,)
+    >>> result = meta.fit(theta, steps=20, lr=0.5, progress=False)
+    >>> bool(meta.objective(result.theta) < L)
+    True
+    >>> meta.predict(result.theta, tasks[0].X).shape
+    (10,)
     """
 
     def __init__(self, tasks: Sequence[SLTask] | SLTask, model: LinearModel | TwoLayerReLU,
