@@ -9,9 +9,12 @@ that this script starts and stops:
    S = 100 gridworld family and one ``fastmeta demo`` (300 steps, no plot), with the
    limit and with it replaced by a no-op.
 2. Numba's parallel kernels. In fresh subprocesses (the setting must precede the
-   thread pool's start): the OpenMP layer with GNU OpenMP's default wait policy, with
-   ``OMP_WAIT_POLICY=PASSIVE``, and Numba's ``workqueue`` layer; one gradient of the
-   10^4-state gridworld family (parallel kernels) and of S = 100 (serial kernels).
+   thread pool's start): the OpenMP layer with GNU OpenMP's default wait policy (the
+   pool started before fastmeta is imported, so fastmeta cannot choose), with passive
+   waiting for Numba's pool only (what ``import fastmeta`` does, ``fastmeta._threads``),
+   with ``OMP_WAIT_POLICY=PASSIVE`` exported for the whole process, and Numba's
+   ``workqueue`` layer; one gradient of the 10^4-state gridworld family (parallel
+   kernels) and of S = 100 (mostly serial kernels).
 
     PYTHONPATH=. python benchmarks/threading_study.py --load 2            # scratch output
     PYTHONPATH=. python benchmarks/threading_study.py --load 2 --publish  # bench_results/threading.md
@@ -32,17 +35,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._output import add_publish_flag, output_dir  # noqa: E402
 
+# name -> (environment, start Numba's threads before importing fastmeta)
 LAYERS = {
-    "OpenMP, default wait policy": {"NUMBA_THREADING_LAYER": "omp"},
-    "OpenMP, OMP_WAIT_POLICY=PASSIVE": {"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "PASSIVE"},
-    "workqueue": {"NUMBA_THREADING_LAYER": "workqueue"},
+    "OpenMP, GNU default wait (pool started before fastmeta)": ({"NUMBA_THREADING_LAYER": "omp"}, True),
+    "OpenMP, passive for Numba's pool only (fastmeta's default)": ({"NUMBA_THREADING_LAYER": "omp"}, False),
+    "OpenMP, OMP_WAIT_POLICY=PASSIVE exported": ({"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "PASSIVE"},
+                                                False),
+    "workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, False),
 }
 
 WORKER = r"""
 import json, statistics, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-import numba, fastmeta
+import numba
+if {prelaunch}:
+    from numba.np.ufunc import parallel
+    parallel._launch_threads()
+import fastmeta
 from benchmarks import rl_problems as rp
 out = {{}}
 for S in (100, 10_000):
@@ -116,10 +126,11 @@ def layer_study(repeats: int, rounds: int) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     runs: dict[str, list[dict]] = {name: [] for name in LAYERS}
     for _ in range(rounds):
-        for name, env in LAYERS.items():
+        for name, (env, prelaunch) in LAYERS.items():
             full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
             full.update(env)
-            proc = subprocess.run([sys.executable, "-c", WORKER.format(root=root, repeats=repeats)], env=full,
+            code = WORKER.format(root=root, repeats=repeats, prelaunch=prelaunch)
+            proc = subprocess.run([sys.executable, "-c", code], env=full,
                                   capture_output=True, text=True, check=True)
             runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {name: {"layer": rows[0]["layer"], "100": statistics.median(r["100"] for r in rows),

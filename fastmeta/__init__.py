@@ -9,15 +9,19 @@ parameters.
 """
 from __future__ import annotations
 
-from . import planning, tasks, visitation
-from ._optim import FitResult, load_checkpoint
-from .energy import Energy, LinearEnergy
-from .linalg import SolverError
-from .linear_model import LinearModel
-from .mdp import TabularMDP
-from .neural import NeuralEnergy, TwoLayerReLU
-from .rl import MetaRL, TaskTrace
-from .sl import MetaSL, SLTask
+from ._threads import start_numba_threads_with_passive_wait
+
+start_numba_threads_with_passive_wait()
+
+from . import planning, tasks, visitation  # noqa: E402
+from ._optim import FitResult, load_checkpoint  # noqa: E402
+from .energy import Energy, LinearEnergy  # noqa: E402
+from .linalg import SolverError  # noqa: E402
+from .linear_model import LinearModel  # noqa: E402
+from .mdp import TabularMDP  # noqa: E402
+from .neural import NeuralEnergy, TwoLayerReLU  # noqa: E402
+from .rl import MetaRL, TaskTrace  # noqa: E402
+from .sl import MetaSL, SLTask  # noqa: E402
 
 __version__ = "0.1.0"
 
