@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import LinearEnergy, MetaRL
+from .. import tasks as _tasks
+from ..planning import optimal_policy
 from . import _types
 
 DEFAULT_PLOT = "fastmeta_demo.png"
@@ -15,6 +18,18 @@ RL_STEPS, RL_QUICK_STEPS = 300, 10
 
 L_MEANING = ("L = mean over tasks of J_i after one PPO step from the prior: the discounted fraction of time "
              "the agent spends at task i's goal, (1 - gamma) sum_t gamma^t Pr(s_t = goal), between 0 and 1.")
+
+
+class _TrackedMetaRL(MetaRL):
+    """MetaRL that keeps every theta its gradient is taken at (the demo's held-out curve)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.visited: list[np.ndarray] = []
+
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
+        self.visited.append(np.array(theta, dtype=np.float64, copy=True))
+        return super().value_and_grad(theta)
 
 
 def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta: float = 20.0, tau: float = 1.0,
@@ -37,26 +52,13 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
         (L on the training goals at every theta the run visited, the last one being
         the returned theta) and ``held_out`` (the same thetas on the held-out goals).
     """
-    import fastmeta
-    from fastmeta.planning import optimal_policy
-
-    class TrackedMetaRL(fastmeta.MetaRL):
-        """MetaRL that keeps every theta its gradient is taken at, for the held-out curve."""
-
-        visited: list
-
-        def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
-            self.visited.append(np.array(theta, dtype=np.float64, copy=True))
-            return super().value_and_grad(theta)
-
     family = dict(size=size, gamma=gamma, goal_region=(0.5, 1.0, 0.5, 1.0), start="center", features="onehot")
     rng = np.random.default_rng(seed)
-    train, phi = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **family)
-    held_out, _ = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **family)
-    model = fastmeta.LinearEnergy(phi)
-    meta = TrackedMetaRL(train, model, tau=tau, eta=eta)
-    meta.visited = []
-    meta_test = fastmeta.MetaRL(held_out, model, tau=tau, eta=eta)
+    train, phi = _tasks.gridworld_goals(n_tasks, seed=rng, **family)
+    held_out, _ = _tasks.gridworld_goals(n_tasks, seed=rng, **family)
+    model = LinearEnergy(phi)
+    meta = _TrackedMetaRL(train, model, tau=tau, eta=eta)
+    meta_test = MetaRL(held_out, model, tau=tau, eta=eta)
     print(f"fastmeta demo: {n_tasks} gridworld goal tasks, {size}x{size} grid (S={size * size}, A=4), "
           f"d={model.n_params} one-hot features, tau={tau:g}, eta={eta:g}, gamma={gamma:g}")
     print(L_MEANING)
@@ -81,7 +83,8 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
     taken = len(meta.visited)
     gnorm = (f"; ||grad L|| {result.grad_norm[0]:.3g} -> {result.grad_norm[-1]:.3g}"
              if len(result.grad_norm) else "")
-    print(f"\n{taken} steps of Algorithm 1 in {seconds:.2f} s (steps {first}..{first + taken} of {steps}){gnorm}\n")
+    resumed = f" (resumed at step {first})" if first else ""
+    print(f"\n{taken} steps of Algorithm 1 in {seconds:.2f} s{resumed}{gnorm}\n")
     print(f"{'meta-objective L (after one PPO step per task)':<48}{'train goals':>12}{'held-out':>12}")
     for name, (a, b) in rows.items():
         print(f"  {name:<46}{a:>12.4f}{b:>12.4f}")
