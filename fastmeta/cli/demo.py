@@ -94,12 +94,13 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
         print(f"\nOn held-out goals the meta-learned prior closes {100 * got / gap:.0f}% of the gap between "
               f"the uniform prior and the per-task optima.")
     if plot:
-        _plot_rl(plot, range(first, first + len(path)), train_curve, test_curve, rows)
+        _plot_rl(plot, range(first, first + len(path)), train_curve, test_curve, rows,
+                 f"fastmeta demo: {n_tasks} gridworld goals, {size} x {size} grid, one PPO step from the prior")
     return {"rows": rows, "steps": result.steps, "seconds": seconds, "objective": train_curve,
             "held_out": test_curve}
 
 
-def _plot_rl(plot: str, steps: range, train: list, test: list, rows: dict) -> None:
+def _plot_rl(plot: str, steps: range, train: list, test: list, rows: dict, title: str) -> None:
     """Learning curves on training and held-out goals with the uniform-prior and optimum levels."""
     try:
         import matplotlib
@@ -118,8 +119,8 @@ def _plot_rl(plot: str, steps: range, train: list, test: list, rows: dict) -> No
                    label=f"uniform prior (theta = 0), {name}")
     ax.set_xlabel("step l of Algorithm 1 (meta-gradient ascent)")
     ax.set_ylabel("L: discounted fraction of time at the goal")
-    ax.set_title("fastmeta demo: one PPO step from the prior, 10 x 10 gridworld goals", fontsize=10)
-    ax.legend(fontsize=7, loc="center right")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.01, 0.62), framealpha=0.9)
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
     plt.close(fig)
