@@ -1,10 +1,10 @@
 """The ``fastmeta`` command line: ``fastmeta demo`` (meta-RL, or ``--sl``) and ``fastmeta profile``.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)``, which
-registers its options and sets ``run`` (and optionally ``check``, for checks between
-options) as parser defaults. Every option is validated while it is parsed, so bad
-values end in a usage error (exit status 2) naming the option, before any work.
-To add a subcommand, add its module to ``SUBCOMMANDS``.
+Each subcommand lives in its own module with ``add_parser(subparsers)`` (registers the
+subcommand and its options), ``run(args) -> int`` and optionally ``check(args, parser)``
+(checks between options, calling ``parser.error``). Every option is validated while it
+is parsed, so bad values end in a usage error (exit status 2) naming the option, before
+any work. To add a subcommand, add its module to ``SUBCOMMANDS``.
 """
 from __future__ import annotations
 
@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastmeta {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
-        subparser = module.add_parser(sub)
-        subparser.set_defaults(parser=subparser)
+        known = set(sub.choices)
+        module.add_parser(sub)
+        for name in set(sub.choices) - known:
+            sub.choices[name].set_defaults(parser=sub.choices[name], run=module.run,
+                                           check=getattr(module, "check", None))
     return parser
 
 

@@ -151,7 +151,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="meta-RL: continue from --checkpoint if it exists (default: off)")
     p.add_argument("--out", type=_types.output_file, default=None,
                    help="also write the results as JSON to this file (default: none)")
-    p.set_defaults(run=run, check=check)
     return p
 
 

@@ -116,7 +116,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_types.integer(0), default=0, help="random seed, >= 0 (default: 0)")
     p.add_argument("--json", type=_types.output_file, default=None,
                    help="also write the report as JSON to this file (default: none)")
-    p.set_defaults(run=run, check=check)
     return p
 
 
