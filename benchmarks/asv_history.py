@@ -152,8 +152,9 @@ def plot(series: dict, conditions: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    loads = [max(conditions.get(sha, {}).get("load_before", [0])[0],
-                 conditions.get(sha, {}).get("load_after", [0])[0]) for sha, _ in next(iter(series.values()))]
+    # 1-minute load average around each commit's run (mean of before and after), if recorded.
+    loads = [0.5 * (conditions[sha]["load_before"][0] + conditions[sha]["load_after"][0]) if sha in conditions
+             else float("nan") for sha, _ in next(iter(series.values()))]
     for key, points in series.items():
         labels = [sha for sha, _ in points]
         xs = [i for i, (_, v) in enumerate(points) if v is not None]
@@ -164,10 +165,15 @@ def plot(series: dict, conditions: dict, out: Path) -> list[Path]:
         ax.set_xticklabels(labels, rotation=60, fontsize=7)
         ax.set_xlabel("commit on main (oldest left)")
         ax.set_ylabel("ms per call (asv median)")
-        peak = max((loads[i] for i in xs), default=0.0)
-        ax.set_title(f"{HEADLINE[key][2]}\n{os.cpu_count()} cores, shared machine: 1-min load up to {peak:.1f} "
-                     "during these runs; warm kernels", fontsize=9)
         ax.set_ylim(bottom=0)
+        load_ax = ax.twinx()
+        load_ax.bar(range(len(labels)), loads, color="0.85", zorder=0, width=0.6)
+        load_ax.set_ylabel("1-min load average during the run", color="0.5")
+        load_ax.set_ylim(bottom=0)
+        ax.set_zorder(load_ax.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_title(f"{HEADLINE[key][2]}: asv across main's history\n{os.cpu_count()}-core machine shared with "
+                     "other work (grey bars: its load during each commit's run); warm kernels", fontsize=9)
         fig.tight_layout()
         path = out / f"asv_history_{key}.png"
         fig.savefig(path, dpi=110)
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = run_commit(sha, results, html, work)
             conditions[sha[:7]] = {"load_before": before, "load_after": list(os.getloadavg()), "ok": ok}
             cond_path.write_text(json.dumps(conditions, indent=1, sort_keys=True))
-    series = headline_values(results, shas)
+    series = headline_values(results, [sha for sha in shas if result_file(results, sha).exists()])
     for path in plot(series, conditions, out):
         print(f"wrote {path}")
     return 0
