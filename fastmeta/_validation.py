@@ -55,11 +55,13 @@ def check_int(value: Any, name: str, owner: str = "", *, low: int | None = None)
 
 
 def as_float_array(value: Any, name: str, owner: str = "", *, ndim: int | None = None,
-                   shape: tuple[int | None, ...] | None = None, allow_negative: bool = True) -> np.ndarray:
+                   shape: tuple[int | None, ...] | None = None, allow_negative: bool = True,
+                   shape_text: str | None = None) -> np.ndarray:
     """Convert to a C-contiguous float64 array and check its shape and entries.
 
     ``shape`` may contain ``None`` for free dimensions. NaN and inf are always rejected;
-    negative entries when ``allow_negative`` is False.
+    negative entries when ``allow_negative`` is False. ``shape_text`` names the expected
+    shape in messages, e.g. ``"(S, A) = (5, 2)"`` (default: the numbers of ``shape``).
     """
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
@@ -75,12 +77,13 @@ def as_float_array(value: Any, name: str, owner: str = "", *, ndim: int | None =
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     want_ndim = len(shape) if shape is not None else ndim
     if want_ndim is not None and arr.ndim != want_ndim:
-        expected = _shape_text(shape) if shape is not None else f"{want_ndim}-dimensional"
+        expected = shape_text or (_shape_text(shape) if shape is not None
+                                  else _shape_text(tuple([None] * want_ndim)))
         raise ValueError(f"The '{name}' parameter{_where(owner)} must have shape {expected}. "
                          f"Got shape {arr.shape} instead.")
     if shape is not None and any(w is not None and w != g for w, g in zip(shape, arr.shape)):
-        raise ValueError(f"The '{name}' parameter{_where(owner)} must have shape {_shape_text(shape)}. "
-                         f"Got shape {arr.shape} instead.")
+        raise ValueError(f"The '{name}' parameter{_where(owner)} must have shape "
+                         f"{shape_text or _shape_text(shape)}. Got shape {arr.shape} instead.")
     check_finite(arr, name, owner)
     if not allow_negative and arr.size and arr.min() < 0:
         idx = np.unravel_index(int(np.argmin(arr)), arr.shape)
@@ -120,3 +123,31 @@ def check_nonempty_list(value: Any, name: str, owner: str = "") -> list:
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_computed_finite(value: Any, quantity: str, owner: str, hint: str = "") -> None:
+    """Raise FloatingPointError naming ``quantity`` when a computed result overflowed.
+
+    Inputs are validated finite, so a non-finite result means float64 ran out of range:
+    the exact answer is not representable and returning it as inf/NaN would be silent.
+    """
+    arr = np.asarray(value)
+    if arr.size and not np.isfinite(arr).all():
+        flat = arr.ravel()
+        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+        where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.unravel_index(bad, arr.shape))}"
+        raise FloatingPointError(f"{owner}: {quantity} overflowed the float64 range ({float(flat[bad])!r}{where}). "
+                                 f"{hint}".rstrip())
+
+
+def check_seed(seed: Any, name: str, owner: str = "") -> np.random.Generator:
+    """A numpy Generator from an int >= 0 seed or a Generator (which is used, not copied)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"The '{name}' parameter{_where(owner)} must be an int seed or a "
+                        f"numpy.random.Generator. Got {_describe(seed)} instead.")
+    if seed < 0:
+        raise ValueError(f"The '{name}' parameter{_where(owner)} must be a non-negative int seed. "
+                         f"Got {seed} instead.")
+    return np.random.default_rng(int(seed))

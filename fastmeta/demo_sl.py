@@ -112,14 +112,16 @@ def run_sl_demo(seed: int = 0, quick: bool = False, out: Any = None, progress: b
     meta = MetaSL(train, net, loss="squared", eta=settings["eta"])
     _announce(progress, f"MAML meta-training: {settings['steps']} Adam steps on the exact meta-gradient "
                         f"over {settings['n_train']} tasks")
-    res = meta.fit(steps=settings["steps"], lr=settings["lr"], optimizer="adam", progress=progress)
+    res = meta.fit(steps=settings["steps"], lr=settings["lr"], optimizer="adam", progress=progress,
+                   label="MAML meta-training")
     theta, objective = res.theta, res.objective
     # Pretraining: the same network fitted to all training samples of all tasks jointly
     # (support and query pooled), i.e. MetaSL with eta = 0 on the pooled tasks.
     pooled = [SLTask(np.vstack([t.X, t.X_query]), np.concatenate([t.y, t.y_query])) for t in train]
     _announce(progress, f"pretraining (baseline): {settings['steps']} Adam steps on the pooled samples")
     pre_theta = MetaSL(pooled, net, loss="squared", eta=0.0).fit(
-        steps=settings["steps"], lr=settings["lr"], optimizer="adam", progress=progress).theta
+        steps=settings["steps"], lr=settings["lr"], optimizer="adam", progress=progress,
+        label="pretraining (baseline)").theta
 
     def errors(theta: np.ndarray, tasks: list, eta: float) -> np.ndarray:
         # MSE = 2 x the risk of the squared loss l = (h - y)^2 / 2; rows tasks, columns EVAL_STEPS.

@@ -7,13 +7,13 @@ every parameterisation (linear here, the two-layer network in
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ._kernels import rl as _k
-from ._validation import as_float_array
+from ._fingerprint import array_digest
+from ._validation import as_float_array, check_computed_finite
 
 
 @runtime_checkable
@@ -50,7 +50,7 @@ class LinearEnergy:
     """
 
     def __init__(self, phi: Any):
-        self.phi = as_float_array(phi, "phi", "LinearEnergy", ndim=3)
+        self.phi = as_float_array(phi, "phi", "LinearEnergy", ndim=3, shape_text="(S, A, d)")
         self.n_states, self.n_actions, self.n_params = self.phi.shape
         if min(self.phi.shape) < 1:
             raise ValueError("The 'phi' parameter of LinearEnergy must have shape (S, A, d) with every "
@@ -60,6 +60,8 @@ class LinearEnergy:
         """f(s, a) = phi(s, a)^T theta, shape (S, A)."""
         out = np.empty((self.n_states, self.n_actions))
         _k.linear_energy(self.phi, theta, out)
+        check_computed_finite(out, "the energy f = phi^T theta", "LinearEnergy.energy",
+                              f"The largest |theta| entry is {float(np.abs(theta).max()):.3g}; rescale theta or phi.")
         return out
 
     def energy_vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -82,7 +84,7 @@ class LinearEnergy:
 
     def tag(self) -> str:
         """A short description used to match checkpoints to problems."""
-        return f"{self!r}#phi{hashlib.sha1(self.phi.tobytes()).hexdigest()[:12]}"
+        return f"{self!r}#phi:{array_digest(self.phi)}"
 
     def __repr__(self) -> str:
         return f"LinearEnergy(S={self.n_states}, A={self.n_actions}, d={self.n_params})"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from ._validation import as_float_array, check_choice, check_int, check_real_scalar
 
 _FEATURES = ("identity", "affine", "polynomial", "rff")
+MAX_POLYNOMIAL_FEATURES = 1_000_000
+"""Polynomial feature maps with more monomials than this are refused up front (the count,
+C(in_dim + degree, degree), grows fast: degree 25 at in_dim 10 is 1.8e8)."""
 
 
 class LinearModel:
@@ -77,7 +81,7 @@ class LinearModel:
         if self.features == "affine":
             return in_dim + 1
         if self.features == "polynomial":
-            return len(self._monomials(in_dim))
+            return self._polynomial_size(in_dim)
         return self.n_features
 
     def init_params(self, in_dim: int) -> np.ndarray:
@@ -86,7 +90,7 @@ class LinearModel:
 
     def transform(self, X: Any) -> np.ndarray:
         """phi(X) of shape (N, d) for inputs X of shape (N, in_dim)."""
-        X = as_float_array(X, "X", "LinearModel.transform", ndim=2)
+        X = as_float_array(X, "X", "LinearModel.transform", ndim=2, shape_text="(N, in_dim)")
         return self._transform(X)
 
     def forward(self, params: Any, X: Any) -> np.ndarray:
@@ -120,7 +124,16 @@ class LinearModel:
         omega, c = self._rff_draw(p)
         return np.ascontiguousarray(np.sqrt(2.0 / self.n_features) * np.cos(X @ omega + c))
 
+    def _polynomial_size(self, in_dim: int) -> int:
+        count = math.comb(in_dim + self.degree, self.degree)
+        if count > MAX_POLYNOMIAL_FEATURES:
+            raise ValueError(f"The 'degree' parameter of LinearModel is too large for inputs of dimension "
+                             f"{in_dim}: degree {self.degree} gives C({in_dim} + {self.degree}, {self.degree}) = "
+                             f"{count:.3g} monomials, more than the limit {MAX_POLYNOMIAL_FEATURES:,}.")
+        return count
+
     def _monomials(self, in_dim: int) -> list[tuple[int, ...]]:
+        self._polynomial_size(in_dim)
         return [m for deg in range(self.degree + 1)
                 for m in itertools.combinations_with_replacement(range(in_dim), deg)]
 

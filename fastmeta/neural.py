@@ -13,13 +13,13 @@ At a kink the risk is not twice differentiable and the product is a one-sided va
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
 from ._kernels import relu as _k
-from ._validation import as_float_array, check_int, check_real_scalar
+from ._fingerprint import array_digest
+from ._validation import as_float_array, check_computed_finite, check_int, check_real_scalar
 
 
 def _seed_rng(seed: Any, owner: str) -> np.random.Generator:
@@ -80,8 +80,8 @@ class TwoLayerReLU:
 
     def config(self) -> str:
         """A string that identifies the architecture and its initialisation (for checkpoint tags)."""
-        # hashlib, not hash(): the tag must be the same in the process that resumes.
-        digest = hashlib.sha1(self.b.tobytes() + self.W0.tobytes()).hexdigest()[:12]
+        # A content digest, not hash(): the tag must be the same in the process that resumes.
+        digest = array_digest(self.b, self.W0)
         return f"{self!r}#init{digest}"
 
     def init_params(self) -> np.ndarray:
@@ -181,7 +181,7 @@ class NeuralEnergy:
 
     def __init__(self, phi: Any, width: int, radius: float | None = None,
                  seed: int | np.random.Generator = 0) -> None:
-        phi = as_float_array(phi, "phi", "NeuralEnergy", ndim=3)
+        phi = as_float_array(phi, "phi", "NeuralEnergy", ndim=3, shape_text="(S, A, d)")
         if min(phi.shape) < 1:
             raise ValueError(f"The 'phi' parameter of NeuralEnergy must have shape (S, A, in_dim) with "
                              f"every dimension >= 1. Got shape {phi.shape} instead.")
@@ -213,8 +213,7 @@ class NeuralEnergy:
 
     def config(self) -> str:
         """A string that identifies the energy's settings (for checkpoint tags)."""
-        digest = hashlib.sha1(self.phi.tobytes()).hexdigest()[:12]
-        return f"{self!r}#{self.net.config()}#phi{digest}"
+        return f"{self!r}#{self.net.config()}#phi:{array_digest(self.phi)}"
 
     def tag(self) -> str:
         """Same as ``config``; the name ``MetaRL`` asks energies for."""
@@ -234,8 +233,11 @@ class NeuralEnergy:
 
     def energy(self, theta: Any) -> np.ndarray:
         """f(s, a) = u(phi(s, a); W), shape (S, A), float64 C-contiguous."""
-        WT = self.net._WT(self.check_params(theta, "NeuralEnergy.energy"))
-        return self.net._forward(WT, self._rows).reshape(self.n_states, self.n_actions)
+        theta = self.check_params(theta, "NeuralEnergy.energy")
+        f = self.net._forward(self.net._WT(theta), self._rows).reshape(self.n_states, self.n_actions)
+        check_computed_finite(f, "the energy f = u(phi; W)", "NeuralEnergy.energy",
+                              f"The largest |W| entry is {float(np.abs(theta).max()):.3g}; rescale W or phi.")
+        return f
 
     def energy_vjp(self, theta: Any, g: Any) -> np.ndarray:
         """sum_{s,a} g[s, a] df(s, a)/dW, shape (n_params,)."""

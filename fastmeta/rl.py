@@ -27,8 +27,8 @@ of parameters:
     dL_i/df(s,a) = 1/(1-gamma) [ sigma_i A_i / tau
                                  + eta gamma / ((1-gamma) tau) xi_i(s) pi(a|s) A(s,a) ]
 
-and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks that share one
-kernel object and discount also share the main effect's matrix M, so its
+and grad_theta L = energy_vjp(theta, 1/n sum_i dL_i/df). Tasks with equal kernels
+(same content, see TabularMDP.kernel_fingerprint) and discount also share the main effect's matrix M, so its
 factorisation is built once for all of them.
 """
 from __future__ import annotations
@@ -43,12 +43,17 @@ import scipy.sparse as sp
 
 from . import linalg
 from ._kernels import rl as _k
-from ._optim import FitResult, StepSize, run_gradient_method
-from ._validation import check_choice, check_int, check_nonempty_list, check_real_scalar
+from ._kernels._config import needs_compiling
+from ._optim import FitResult, StepSize, digest, run_gradient_method
+from ._validation import (check_choice, check_computed_finite, check_int, check_nonempty_list,
+                          check_real_scalar)
 from .energy import Energy
 from .mdp import TabularMDP
 
 _OWNER = "MetaRL"
+_OVERFLOW_HINT = ("Its exact value is beyond float64: L grows like r, its gradient like r / tau and "
+                  "eta r^2 / tau. Rescale the rewards (scaling r by k and eta by 1/k scales L and its "
+                  "gradient by k exactly) or raise tau.")
 
 
 @dataclass
@@ -183,10 +188,18 @@ class MetaRL:
             if task.shape != (S, A):
                 raise ValueError(f"The 'tasks' parameter of {_OWNER} must hold tasks with one (S, A). "
                                  f"Task 0 has {(S, A)}, task {i} has {task.shape}.")
+        if isinstance(model, type):
+            raise TypeError(f"The 'model' parameter of {_OWNER} must be an energy object, e.g. "
+                            f"LinearEnergy(phi). Got the class {model.__name__} itself instead.")
         for attr in ("energy", "energy_vjp", "init_params", "check_params", "project"):
             if not callable(getattr(model, attr, None)):
                 raise TypeError(f"The 'model' parameter of {_OWNER} must be an energy (e.g. LinearEnergy); "
                                 f"{type(model).__name__} has no method {attr!r}.")
+        for attr in ("n_states", "n_actions", "n_params"):
+            value = getattr(model, attr, None)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise TypeError(f"The 'model' parameter of {_OWNER} must be an energy with a positive integer "
+                                f"attribute {attr!r}. {type(model).__name__} has {attr}={value!r}.")
         if (model.n_states, model.n_actions) != (S, A):
             raise ValueError(f"The 'model' parameter of {_OWNER} must be defined on the tasks' (S, A) = "
                              f"{(S, A)}. Got an energy on {(model.n_states, model.n_actions)} instead.")
@@ -197,20 +210,20 @@ class MetaRL:
         self.tol = check_real_scalar(tol, "tol", _OWNER, low=0.0, high=1.0)
         self.maxiter = None if maxiter is None else check_int(maxiter, "maxiter", _OWNER, low=1)
         self.n_states, self.n_actions = S, A
-        # One symbolic pattern per distinct kernel object; tasks sharing P share it.
-        self._patterns: dict[int, PolicyPattern] = {}
+        # One symbolic pattern per distinct kernel (by content); tasks sharing P share it.
+        self._patterns: dict[str, PolicyPattern] = {}
         self._task_pattern: list[PolicyPattern] = []
         for task in self.tasks:
-            key = id(task.P)
+            key = task.kernel_fingerprint
             if key not in self._patterns:
                 self._patterns[key] = PolicyPattern.build(task.P, S, A, self.solver, self.tol, self.maxiter)
             self._task_pattern.append(self._patterns[key])
         # Groups of tasks sharing (P, gamma): the main effect's M is the same for all of them.
         self._stages: dict[str, float] | None = None  # set by profile_stages
         self._clock = 0.0
-        groups: dict[tuple[int, float], list[int]] = {}
+        groups: dict[tuple[str, float], list[int]] = {}
         for i, task in enumerate(self.tasks):
-            groups.setdefault((id(task.P), task.gamma), []).append(i)
+            groups.setdefault((task.kernel_fingerprint, task.gamma), []).append(i)
         self._groups = list(groups.values())
 
     # ------------------------------------------------------------------ public API
@@ -221,7 +234,9 @@ class MetaRL:
     def objective(self, theta: Any) -> float:
         """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
         theta = self.model.check_params(theta, _OWNER)
-        return self._run(theta, want_grad=False)[0]
+        value = self._run(theta, want_grad=False)[0]
+        check_computed_finite(value, "the meta-objective L", "MetaRL.objective", _OVERFLOW_HINT)
+        return value
 
     def gradient(self, theta: Any) -> np.ndarray:
         """The exact gradient of L (docs/formulas.md section 3), shape (n_params,)."""
@@ -231,7 +246,10 @@ class MetaRL:
         """L(theta) and its exact gradient from one pass (the objective comes for free)."""
         theta = self.model.check_params(theta, _OWNER)
         value, grad_energy, _ = self._run(theta, want_grad=True)
-        return value, self.model.energy_vjp(theta, grad_energy)
+        grad = self.model.energy_vjp(theta, grad_energy)
+        check_computed_finite(value, "the meta-objective L", "MetaRL.value_and_grad", _OVERFLOW_HINT)
+        check_computed_finite(grad, "the gradient of L", "MetaRL.value_and_grad", _OVERFLOW_HINT)
+        return value, grad
 
     def grad_energy(self, theta: Any) -> np.ndarray:
         """dL/df(s, a): the gradient with respect to the energy values, shape (S, A)."""
@@ -247,44 +265,76 @@ class MetaRL:
         f = self.model.energy(theta)
         return self._group([i], f, self._main_policy(f), want_grad=True, keep=True)[0]
 
+    def traces(self, theta: Any) -> list[TaskTrace]:
+        """:meth:`trace` of every task, in task order, from one pass.
+
+        Tasks sharing a kernel and discount share the main effect's factorisation, so
+        this costs what one ``value_and_grad`` costs (``trace`` task by task would
+        factorise the main effect once per task).
+        """
+        theta = self.model.check_params(theta, _OWNER)
+        f = self.model.energy(theta)
+        pi = self._main_policy(f)
+        out: list[TaskTrace] = [None] * len(self.tasks)  # type: ignore[list-item]
+        for group in self._groups:
+            for i, trace in zip(group, self._group(group, f, pi, want_grad=True, keep=True)):
+                out[i] = trace
+        return out
+
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
-            resume: bool | str | os.PathLike = False, progress: bool = True,
-            optimizer: str = "gd") -> FitResult:
+            resume: bool | str | os.PathLike = False, overwrite: bool = False, progress: bool = True,
+            optimizer: str = "gd", label: str | None = None) -> FitResult:
         """Algorithm 1: gradient ascent theta_{l+1} = theta_l + alpha_l grad L(theta_l).
 
         Parameters
         ----------
         theta0 : array_like, optional
-            Starting point; default ``model.init_params()``.
+            Starting point; default ``model.init_params()``. It is part of the
+            checkpoint's identity: a resumed run must be given the same theta0 (or
+            none, if the first run had none); theta itself comes from the checkpoint.
         steps : int
-            Total number of gradient steps T (resumed steps count).
-        lr : float, str or callable
+            Total number of updates T, counting those of a resumed run; at least the
+            number the checkpoint holds (equal gives the stored run's result).
+        lr : float, str, callable or (str, callable)
             Step sizes alpha_l: a constant, ``"sqrt:a"`` (a/sqrt(l+1)), ``"inv:a"``
-            (a/(l+1)) or a function of l.
+            (a/(l+1)) or a function of l. With checkpoints a function must be named,
+            ``lr=("my-schedule", fn)`` (or carry a ``name`` attribute): the name
+            identifies the schedule in the checkpoint.
         tol : float
-            Stop as soon as ||grad L(theta_l)||_2 <= tol (epsilon-stationarity).
+            Stop as soon as ||grad L(theta_l)||_2 <= tol (epsilon-stationarity);
+            ``converged`` in the result says whether this happened.
         checkpoint : path, optional
-            File written every ``checkpoint_every`` steps (atomically).
+            File written every ``checkpoint_every`` steps and at the end (atomically:
+            a temporary file renamed over it). The folder must exist and be writable.
         resume : bool or path
             True continues from ``checkpoint`` if it exists; a path continues from
-            that file. The result is identical to an uninterrupted run.
+            that file. The result is identical to an uninterrupted run. A checkpoint
+            of a different problem or settings is refused, naming what differs.
+        overwrite : bool, default False
+            Replace an existing ``checkpoint`` file when not resuming it (otherwise
+            that is an error, so a finished run is never lost by accident).
         progress : bool
-            Show a progress line on stderr.
+            Show progress on stderr: a bar on a terminal, a plain line every tenth
+            of the run in logs.
         optimizer : {"gd", "adam"}
             "gd" is Algorithm 1 exactly; "adam" uses Adam's rescaled direction
             (its moments are checkpointed too).
+        label : str, optional
+            Name shown with the progress output; default "MetaRL.fit".
 
         Returns
         -------
         FitResult
-            Final theta and the history of L and ||grad L||.
+            Final theta and the history of L and ||grad L|| at theta_0..theta_T.
         """
         theta0 = self.model.init_params() if theta0 is None else self.model.check_params(theta0, _OWNER)
         return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
                                    project=self.model.project, checkpoint=checkpoint,
-                                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                                   optimizer=optimizer, tag=self._tag(lr), owner="MetaRL.fit")
+                                   checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
+                                   progress=progress, optimizer=optimizer, tag=self._tag,
+                                   owner="MetaRL.fit", label=label,
+                                   compiling=lambda: needs_compiling(_k.softmax_policy, _k.bellman_q))
 
     @property
     def solver_methods(self) -> list[str]:
@@ -381,7 +431,7 @@ class MetaRL:
             V_i *= 1.0 - gamma
             self._tick("solve")
             A = np.empty_like(f)
-            _k.advantage(Q, V, A)
+            _k.centred_advantage(Q, pi, A)  # exact zeros where pi is saturated
             trace = TaskTrace(pi=pi, V=V, Q=Q, A=A, pi_i=pi_i, V_i=V_i, J_i=_k.chunked_dot(task.init, V_i))
             traces.append(trace)
             self._tick("kernels")
@@ -390,7 +440,7 @@ class MetaRL:
             Q_i = np.empty_like(f)
             _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
             A_i = np.empty_like(f)
-            _k.advantage(Q_i, V_i, A_i)
+            _k.centred_advantage(Q_i, pi_i, A_i)
             self._tick("kernels")
             # The adapted policies of one group are each one PPO step from the same pi, so
             # the previous task's visitation is a good start for this one's.
@@ -423,13 +473,23 @@ class MetaRL:
         self._tick("kernels")
         return traces
 
-    def _tag(self, lr: StepSize) -> str:
+    def _tag(self) -> dict[str, str]:
+        """Everything that determines a fit's trajectory, one checkpoint-tag entry per component."""
         tag_fn = getattr(self.model, "tag", None)
-        model_tag = tag_fn() if callable(tag_fn) else type(self.model).__name__
-        tasks = ";".join(f"{t.P.nnz}:{t.gamma:.17g}:{float(t.r.sum()):.17g}:{float(t.init @ np.arange(t.n_states)):.17g}"
-                         for t in self.tasks)
-        lr_tag = getattr(lr, "__qualname__", repr(lr))
-        return f"MetaRL|tau={self.tau:.17g}|eta={self.eta:.17g}|lr={lr_tag}|{model_tag}|{tasks}"
+        if callable(tag_fn):
+            model_tag = str(tag_fn())
+        else:  # an energy without a tag: identify it by its class and its values at init
+            init = self.model.init_params()
+            model_tag = f"{type(self.model).__qualname__}#{digest(self.model.energy(init))}#{digest(init)}"
+        tag = {"problem": _OWNER, "model": model_tag, "tau": repr(self.tau), "eta": repr(self.eta),
+               "solver": ",".join(self.solver_methods), "solver tol": repr(self.tol),
+               "maxiter": repr(self.maxiter), "n_tasks": str(len(self.tasks))}
+        for i, task in enumerate(self.tasks):
+            tag[f"tasks[{i}].P"] = "blake2b:" + task.kernel_fingerprint
+            tag[f"tasks[{i}].r"] = digest(task.r)
+            tag[f"tasks[{i}].gamma"] = repr(task.gamma)
+            tag[f"tasks[{i}].init"] = digest(task.init)
+        return tag
 
     def __repr__(self) -> str:
         return (f"MetaRL(n_tasks={len(self.tasks)}, S={self.n_states}, A={self.n_actions}, "

@@ -18,16 +18,17 @@ because the network is piecewise linear in W; so the product is exact away from 
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._kernels import sl as _ksl
 from ._kernels import relu as _krelu
-from ._optim import FitResult, StepSize, run_gradient_method
 from ._deprecation import renamed_keyword
-from ._validation import (as_float_array, check_choice, check_finite, check_int,
+from ._fingerprint import array_digest
+from ._kernels._config import needs_compiling
+from ._optim import FitResult, StepSize, digest, run_gradient_method
+from ._validation import (as_float_array, check_choice, check_computed_finite, check_finite, check_int,
                           check_nonempty_list, check_real_scalar)
 from .linear_model import LinearModel
 from .neural import TwoLayerReLU
@@ -37,6 +38,8 @@ _LOSS_CODE = {"squared": _ksl.SQUARED, "logistic": _ksl.LOGISTIC}
 # Below this many multiply-adds per inner pass (samples x parameters) the linear kernel
 # runs serially: waking a thread pool costs more than the work (n=32, d=64 is ~20k).
 _LINEAR_PARALLEL_WORK = 200_000
+_OVERFLOW_HINT = ("Its exact value is beyond float64 at these parameters (the loss grows like (X theta - y)^2, "
+                  "and the inner step like eta |X|^2): rescale X and y, or lower eta.")
 
 
 class SLTask:
@@ -60,7 +63,7 @@ class SLTask:
     def __init__(self, X: Any, y: Any, X_query: Any = None, y_query: Any = None, *,
                  info: dict | None = None) -> None:
         owner = "SLTask"
-        self.X = as_float_array(X, "X", owner, ndim=2)
+        self.X = as_float_array(X, "X", owner, ndim=2, shape_text="(N, p)")
         if self.X.shape[0] < 1 or self.X.shape[1] < 1:
             raise ValueError(f"The 'X' parameter of SLTask must have shape (N, p) with N >= 1 and p >= 1. "
                              f"Got shape {self.X.shape} instead.")
@@ -77,6 +80,9 @@ class SLTask:
                 raise ValueError("The 'X_query' parameter of SLTask must hold at least one sample. "
                                  "Got shape (0, p) instead.")
             self.y_query = as_float_array(y_query, "y_query", owner, shape=(self.X_query.shape[0],))
+        if info is not None and not isinstance(info, dict):
+            raise TypeError(f"The 'info' parameter of SLTask must be a dict (or None). "
+                            f"Got {type(info).__name__} instead.")
         self.info = {} if info is None else dict(info)
 
     @property
@@ -206,7 +212,7 @@ class MetaSL:
                                    else _ksl.linear_meta.serial)
         self._grad_mode = _ksl.MODE_FIRST_ORDER if self.first_order else _ksl.MODE_EXACT
         self._project = None if model.radius is None else model.project
-        self._tag: str | None = None
+        self._tag: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return (f"MetaSL(n_tasks={self.n_tasks}, model={self.model!r}, loss={self.loss!r}, "
@@ -236,54 +242,70 @@ class MetaSL:
         return self._run(theta, self._grad_mode)
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
-            checkpoint: Any = None, checkpoint_every: int = 1, resume: Any = False,
-            progress: bool = True, optimizer: str = "gd") -> FitResult:
+            checkpoint: Any = None, checkpoint_every: int = 1, resume: Any = False, overwrite: bool = False,
+            progress: bool = True, optimizer: str = "gd", label: str | None = None) -> FitResult:
         """Meta-train by gradient descent (4.5): theta <- Proj(theta - alpha_l grad L(theta)).
 
         Parameters
         ----------
         theta0 : array_like, optional
-            Starting point; ``init_params()`` by default.
+            Starting point; ``init_params()`` by default. Part of the checkpoint's
+            identity: a resumed run must be given the same theta0 (or none).
         steps : int, default 100
-            Total number of gradient evaluations, counting those of a resumed run.
-        lr : float, str or callable, default 0.1
+            Total number of updates, counting those of a resumed run (at least the
+            number the checkpoint holds).
+        lr : float, str, callable or (str, callable), default 0.1
             Step size alpha_l: a constant, ``"sqrt:a"`` (a / sqrt(l + 1)), ``"inv:a"``
-            (a / (l + 1)), or a function of l.
+            (a / (l + 1)), or a function of l; with checkpoints a function must be
+            named, ``lr=("my-schedule", fn)`` (or carry a ``name`` attribute).
         tol : float, default 0.0
-            Stop when ||grad L||_2 <= tol (epsilon-stationarity).
+            Stop when ||grad L||_2 <= tol (epsilon-stationarity); see ``converged``.
         checkpoint : path, optional
-            Write theta and the history there every ``checkpoint_every`` steps.
+            Write theta and the history there every ``checkpoint_every`` steps and at
+            the end. The folder must exist and be writable.
         resume : bool or path, default False
             Continue bit for bit from ``checkpoint`` (True) or from the given file. A
-            checkpoint of a different problem or settings is refused.
+            checkpoint of a different problem or settings is refused, naming what differs.
+        overwrite : bool, default False
+            Replace an existing ``checkpoint`` file when not resuming it.
         progress : bool, default True
-            Show a one-line progress bar on stderr.
+            Show progress on stderr (a bar on a terminal, plain lines in logs).
         optimizer : {"gd", "adam"}, default "gd"
             "gd" is (4.5) exactly; "adam" rescales the exact meta-gradient by Adam's
             moments (as Finn et al. train MAML); its state is checkpointed too.
+        label : str, optional
+            Name shown with the progress output; default "MetaSL.fit".
 
         Returns
         -------
         FitResult
-            ``theta``, ``objective`` and ``grad_norm`` histories, ``steps``, ``converged``.
+            ``theta``, ``objective`` and ``grad_norm`` at theta_0..theta_T, ``steps``, ``converged``.
         """
-        theta0 = self.init_params() if theta0 is None else self._check_params(theta0, "MetaSL.fit")
+        theta0 = self.init_params() if theta0 is None else self._check_params(theta0, "MetaSL.fit", "theta0")
+        kernel = self._linear_kernel if self._linear else _krelu.relu_meta
         return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=False,
                                    tol=tol, project=self._project, checkpoint=checkpoint,
-                                   checkpoint_every=checkpoint_every, resume=resume,
-                                   progress=progress, optimizer=optimizer, tag=self.tag, owner="MetaSL.fit")
+                                   checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
+                                   progress=progress, optimizer=optimizer, tag=self.tag_components,
+                                   owner="MetaSL.fit", label=label,
+                                   compiling=lambda: needs_compiling(kernel))
 
     @property
     def tag(self) -> str:
-        """Identifies the problem and settings; ``fit`` refuses checkpoints with another tag."""
+        """A digest of :meth:`tag_components`: equal exactly when the problem and settings are."""
+        return array_digest(*sorted(self.tag_components().items()))
+
+    def tag_components(self) -> dict[str, str]:
+        """What identifies the problem and settings in a checkpoint (``fit`` adds lr, optimizer, theta0)."""
         if self._tag is None:
-            h = hashlib.sha1()
-            for arr in (self._Zs, self._ys, self._offs, self._Zq, self._yq, self._offq):
-                h.update(str(arr.shape).encode())
-                h.update(arr.tobytes())
-            self._tag = (f"MetaSL|{self.model.config()}|loss={self.loss}|eta={self.eta!r}|"
-                         f"first_order={self.first_order}|n_tasks={self.n_tasks}|data={h.hexdigest()[:16]}")
-        return self._tag
+            self._tag = {"problem": "MetaSL", "model": self.model.config(), "loss": self.loss,
+                         "eta": repr(self.eta), "first_order": str(self.first_order),
+                         "n_tasks": str(self.n_tasks),
+                         "support data": digest(np.concatenate([self._Zs.ravel(), self._ys])),
+                         "support sizes": digest(self._offs),
+                         "query data": digest(np.concatenate([self._Zq.ravel(), self._yq])),
+                         "query sizes": digest(self._offq)}
+        return dict(self._tag)
 
     def predict(self, theta: Any, X: Any) -> np.ndarray:
         """The model's outputs h_theta(x) for the rows x of ``X``, shape (N,).
@@ -377,15 +399,20 @@ class MetaSL:
             _krelu.relu_meta(WT, m._sb, self._Zs, self._ys, self._offs, self._Zq, self._yq, self._offq,
                              self.eta, self._loss_code, mode, task_loss, grad2)
             grad = grad2.ravel() if mode != _ksl.MODE_VALUE else None
-        return float(task_loss.sum()) / n, grad
+        value = float(task_loss.sum()) / n
+        check_computed_finite(value, "the meta-objective L", "MetaSL", _OVERFLOW_HINT)
+        if grad is not None:
+            check_computed_finite(grad, "the meta-gradient", "MetaSL", _OVERFLOW_HINT)
+        return value, grad
 
-    def _check_params(self, params: Any, owner: str) -> np.ndarray:
+    def _check_params(self, params: Any, owner: str, name: str = "theta") -> np.ndarray:
         # Fast path for the common case (the fit loop): no conversion, one finiteness scan.
         if (type(params) is np.ndarray and params.dtype == np.float64 and params.ndim == 1
                 and params.shape[0] == self.n_params and params.flags.c_contiguous):
-            check_finite(params, "params", owner)
+            check_finite(params, name, owner)
             return params
-        return as_float_array(params, "params", owner, shape=(self.n_params,))
+        return as_float_array(params, name, owner, shape=(self.n_params,),
+                              shape_text=f"(n_params,) = ({self.n_params},)")
 
     def _check_labels(self, y: np.ndarray | None, name: str, owner: str) -> None:
         if y is None:

@@ -128,8 +128,9 @@ def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto
     pi = _policy(task, pi, owner)
     solver = check_choice(solver, "solver", linalg.METHODS, owner)
     g = as_float_array(g, "g", owner)
-    if g.shape[:2] != task.shape or g.ndim not in (2, 3):
-        raise ValueError(f"The 'g' parameter of {owner} must have shape {task.shape} or {task.shape + ('k',)}. "
+    if g.shape[:2] != task.shape or g.ndim not in (2, 3) or (g.ndim == 3 and g.shape[2] == 0):
+        raise ValueError(f"The 'g' parameter of {owner} must have shape (S, A) = {task.shape} or "
+                         f"(S, A, k) = {task.shape + ('k',)} with k >= 1. "
                          f"Got shape {g.shape} instead.")
     G = g.reshape(task.n_states, task.n_actions, -1)
     fac = _factor(task, pi, solver)

@@ -1,3 +1,4 @@
+import numba
 import numpy as np
 import pytest
 
@@ -28,3 +29,26 @@ def small_problem():
     phi = rng.normal(size=(6, 3, 4))
     theta = rng.normal(size=4)
     return tasks, raw, phi, theta
+
+
+@pytest.fixture
+def numba_threads():
+    """``numba_threads(n)`` sets the Numba thread count; the count in force before the
+    test is restored however the test ends. Skips where fewer than 2 threads exist."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    old = numba.get_num_threads()
+    yield numba.set_num_threads
+    numba.set_num_threads(old)
+
+
+# Property tests: a fixed, deterministic and fast profile, so CI runs the same examples
+# every time (derandomize) and a slow first call (Numba compiling) is not a failure.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the `test` extra; only test_properties.py needs it
+    pass
+else:
+    settings.register_profile("fastmeta", derandomize=True, max_examples=25, deadline=None,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("fastmeta")

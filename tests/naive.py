@@ -205,3 +205,110 @@ def sl_meta_gradient(theta, tasks, predict, jacobian, kind, eta, first_order=Fal
             H = risk_hessian(theta, Xs, ys, predict, jacobian, kind)
             total += (np.eye(d) - eta * H) @ g
     return total / len(tasks)
+
+
+# ============================================================================ theory (issue 7)
+# Oracles for fastmeta.theory: Definition 3.3, Theorem 3.5 and Theorem 4.4 built from the
+# explicit (S*A)^2 family and explicit sums over every atom, nothing shared with the package.
+
+
+def meta_visitation(tasks, phi, theta, tau, eta):
+    """varsigma_i (3.10) = E_{(s,a) ~ sigma_i}[sigma^{(s,a)}] with the explicit family; varrho (3.11)."""
+    pi = softmax(phi @ theta / tau)
+    out = []
+    for P, r, gamma, init in tasks:
+        _, Q, _ = values(P, r, gamma, pi)
+        pi_i = softmax(phi @ theta / tau + eta * Q)
+        _, sigma_i = visitation(P, gamma, init, pi_i)
+        out.append(np.einsum("sa,sauv->uv", sigma_i, family(P, gamma, pi)))
+    varsigma = np.array(out)
+    return varsigma, varsigma.mean(axis=0)
+
+
+def theorem_3_5_terms(tasks, phi, omega, comparator, tau, eta):
+    """gbar, f_omega (exact g~) and the printed f_omega, literally from (3.14)-(3.15) and g~.
+
+    Returns (gbar, f_omega, f_printed, varrho), with the 0/0 = 0 convention of the package
+    and only on pairs with varrho > 0 (elsewhere NaN).
+    """
+    S, A, _ = phi.shape
+    n = len(tasks)
+    pi = softmax(phi @ omega / tau)
+    pi_c = softmax(phi @ comparator / tau)
+    varsigma, varrho = meta_visitation(tasks, phi, omega, tau, eta)
+    gbar = np.zeros((S, A))
+    num = np.zeros((S, A))
+    den_printed = np.zeros((S, A))
+    for i, (P, r, gamma, init) in enumerate(tasks):
+        _, Q, Adv = values(P, r, gamma, pi)
+        pi_i = softmax(phi @ omega / tau + eta * Q)
+        _, _, A_i = values(P, r, gamma, pi_i)
+        _, sigma_i = visitation(P, gamma, init, pi_i)
+        F = family(P, gamma, pi)
+        rho = np.einsum("sauv,sa->uvsa", F, sigma_i)            # joint measure (3.9)
+        G_i = np.einsum("uvsa,sa->uv", rho, A_i) / varsigma[i]   # (3.15), conditional expectation
+        g_tilde = (A_i * sigma_i / varsigma[i] / tau
+                   + gamma * eta / ((1 - gamma) * tau) * G_i * Adv) / (1 - gamma)
+        g_printed = A_i * sigma_i / varsigma[i] / tau + gamma * eta / tau * G_i * Adv
+        gbar += g_tilde * varsigma[i] / varrho / n
+        den_printed += g_printed * varsigma[i] / varrho
+        _, Qc, _ = values(P, r, gamma, pi_c)
+        pi_ic = softmax(phi @ comparator / tau + eta * Qc)
+        _, sigma_ic = visitation(P, gamma, init, pi_ic)
+        num += A_i / (1 - gamma) * sigma_ic / varrho
+    return gbar, num / n / gbar, num / den_printed, varrho
+
+
+def ball_least_squares_scipy(Phi, w, b, R):
+    """inf over ||v|| <= R of ||b - Phi v||_w by a generic constrained optimiser (SLSQP)."""
+    from scipy.optimize import minimize
+    sw = np.sqrt(w)
+    A, y = Phi * sw[:, None], b * sw
+    fun = lambda v: 0.5 * np.sum((A @ v - y) ** 2)
+    jac = lambda v: A.T @ (A @ v - y)
+    cons = {"type": "ineq", "fun": lambda v: R ** 2 - v @ v, "jac": lambda v: -2 * v}
+    best = None
+    for v0 in (np.zeros(Phi.shape[1]), np.linalg.lstsq(A, y, rcond=None)[0]):
+        v0 = v0 if np.linalg.norm(v0) <= R else v0 * (R / np.linalg.norm(v0))
+        res = minimize(fun, v0, jac=jac, constraints=[cons], method="SLSQP",
+                       options={"ftol": 1e-15, "maxiter": 1000})
+        if best is None or res.fun < best.fun:
+            best = res
+    return float(np.sqrt(2 * best.fun)), best.x
+
+
+def theorem_4_4_terms(Z, Y, omega, comparator, eta, kind, rho):
+    """w (4.13), u (4.14), phi_l (4.15) and the weights of M x rho, atom by atom, for a linear model.
+
+    Z (m, d) are the shared design's features, Y (n, m) the labels. Atoms of M are listed
+    once per distinct (x_j, y) pair with their mixture mass; returns (w, u, phi_l, weight)
+    as flat arrays over (atom, x') and the convexity term 1/n sum_i <dR_i/dh, h_wi - h_ti>_rho.
+    """
+    n, m = Y.shape
+    atoms = sorted({(j, float(Y[i, j])) for i in range(n) for j in range(m)})
+
+    def D(i, atom):                      # task i's empirical law
+        j, y = atom
+        return float(Y[i, j] == y) / m
+
+    def adapted(theta, i):
+        h = Z @ theta
+        return theta - eta * Z.T @ dloss(h, Y[i], kind) / m
+
+    h_w = [Z @ adapted(omega, i) for i in range(n)]
+    h_t = [Z @ adapted(comparator, i) for i in range(n)]
+    frechet = [dloss(h_w[i], Y[i], kind) / (m * rho) for i in range(n)]   # Riesz representer in L2(rho)
+    w, u, feats, weight = [], [], [], []
+    for atom in atoms:
+        M = np.mean([D(i, atom) for i in range(n)])
+        j, y = atom
+        hess = d2loss(Z[j] @ omega, y, kind) * np.outer(Z[j], Z[j])
+        for l in range(m):
+            wv = sum(frechet[i][l] * D(i, atom) / M for i in range(n)) / n
+            num = sum(frechet[i][l] * (h_w[i][l] - h_t[i][l]) for i in range(n)) / n
+            w.append(wv)
+            u.append(num / wv)
+            feats.append((np.eye(Z.shape[1]) - eta * hess) @ Z[l])
+            weight.append(M * rho[l])
+    convex = sum(rho @ (frechet[i] * (h_w[i] - h_t[i])) for i in range(n)) / n
+    return np.array(w), np.array(u), np.array(feats), np.array(weight), convex

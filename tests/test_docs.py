@@ -1,7 +1,7 @@
 """Every code block of the README and the docs runs (Python) or parses (fastmeta commands).
 
 Fenced blocks are found in README.md, docs/*.md and benchmarks/README.md. ```python
-blocks are executed in a fresh namespace in a temporary working directory; in ```sh
+blocks are executed in order, one namespace per page, in a temporary working directory; in ```sh
 blocks every line that starts with ``fastmeta`` or ``python -m fastmeta`` is parsed by
 the real argument parser (so the options it shows exist and accept the values shown),
 without running it. A block preceded by a line ``<!-- doc-test: skip (reason) -->`` is
@@ -21,17 +21,20 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benc
 FENCE = re.compile(r"(?P<skip><!-- doc-test: skip[^\n]*-->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 
 
-def _blocks(lang):
-    for page in PAGES:
-        for i, m in enumerate(FENCE.finditer(page.read_text())):
-            if m["lang"] == lang and not m["skip"]:
-                yield pytest.param(m["body"], id=f"{page.relative_to(ROOT)}#{i}")
+def _blocks(lang, page):
+    for m in FENCE.finditer(page.read_text()):
+        if m["lang"] == lang and not m["skip"]:
+            yield m["body"]
 
 
-@pytest.mark.parametrize("code", list(_blocks("python")))
-def test_python_blocks_run(code, tmp_path, monkeypatch):
+@pytest.mark.parametrize("page", [p for p in PAGES if list(_blocks("python", p))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_run(page, tmp_path, monkeypatch):
+    # A page's blocks run in order in one namespace, as a reader would paste them.
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "<doc block>", "exec"), {"__name__": "__doc_block__"})
+    namespace = {"__name__": "__doc_block__"}
+    for i, code in enumerate(_blocks("python", page)):
+        exec(compile(code, f"<{page.name} block {i}>", "exec"), namespace)
 
 
 def _commands():
@@ -55,7 +58,7 @@ def test_fastmeta_commands_in_the_docs_parse(argv):
 
 
 def test_there_are_blocks_to_check():
-    assert len(list(_blocks("python"))) >= 2 and len(list(_commands())) >= 2
+    assert sum(len(list(_blocks("python", p))) for p in PAGES) >= 2 and len(list(_commands())) >= 2
 
 
 def test_nothing_points_outside_the_repository():

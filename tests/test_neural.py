@@ -2,7 +2,6 @@
 against finite differences away from kinks, thread-count independence, and the neural
 energy inside MetaRL against finite differences of the meta-objective."""
 
-import numba
 import numpy as np
 import pytest
 
@@ -37,16 +36,15 @@ def test_forward_jvp_vjp_match_explicit_jacobian(width):
     np.testing.assert_allclose(net.vjp(W, X, g), J.T @ g, rtol=1e-11, atol=1e-13)
 
 
-def test_kernels_do_not_depend_on_thread_count():
+def test_kernels_do_not_depend_on_thread_count(numba_threads):
     rng = np.random.default_rng(2)
     net = TwoLayerReLU(3, 300, seed=3)
     W, X = net.init_params(), rng.normal(size=(200, 3))
     v, g = rng.normal(size=net.n_params), rng.normal(size=200)
     out = []
     for threads in (1, 2):
-        numba.set_num_threads(threads)
+        numba_threads(threads)
         out.append((net.forward(W, X), net.jvp(W, X, v), net.vjp(W, X, g)))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for a, b in zip(*out):
         assert np.array_equal(a, b)
 

@@ -1,6 +1,5 @@
 """Meta-SL: objective and exact meta-gradient against explicit-Hessian oracles and finite
 differences, first-order option, fit/checkpoint, adaptation, task families, input errors."""
-import numba
 import numpy as np
 import pytest
 
@@ -115,18 +114,17 @@ def test_eta_zero_is_the_average_risk():
     np.testing.assert_allclose(meta.objective(theta), avg, rtol=1e-13)
 
 
-def test_linear_parallel_and_serial_kernels_agree_bitwise():
+def test_linear_parallel_and_serial_kernels_agree_bitwise(numba_threads):
     tasks, _ = make_tasks(n=6, p=5, seed=9)
     meta = MetaSL(tasks, LinearModel(), eta=0.2)
     theta = np.random.default_rng(10).normal(size=5)
     args = (theta, meta._Zs, meta._ys, meta._offs, meta._Zq, meta._yq, meta._offq, 0.2, 0, ksl.MODE_EXACT)
     out = []
     for kernel, threads in ((ksl.linear_meta.serial, 1), (ksl.linear_meta.parallel, 1), (ksl.linear_meta.parallel, 2)):
-        numba.set_num_threads(threads)
+        numba_threads(threads)
         tl, tg = np.empty(6), np.empty((6, 5))
         kernel(*args, tl, tg)
         out.append((tl, tg))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for tl, tg in out[1:]:
         assert np.array_equal(tl, out[0][0]) and np.array_equal(tg, out[0][1])
 
@@ -170,16 +168,15 @@ def test_relu_meta_gradient_matches_oracle_and_finite_differences(kind, query):
     np.testing.assert_allclose(grad, naive.central_difference(meta.objective, W, eps), rtol=1e-5, atol=1e-8)
 
 
-def test_relu_results_do_not_depend_on_thread_count():
+def test_relu_results_do_not_depend_on_thread_count(numba_threads):
     tasks, _ = make_tasks(n=5, seed=16)
     net = TwoLayerReLU(3, 300, seed=17)           # > 2 blocks of hidden units
     meta = MetaSL(tasks, net, eta=0.3)
     W = net.init_params()
     res = []
     for threads in (1, 2):
-        numba.set_num_threads(threads)
+        numba_threads(threads)
         res.append((meta.value_and_grad(W), meta.objective(W)))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     (v1, g1), o1 = res[0]
     (v2, g2), o2 = res[1]
     assert v1 == v2 and o1 == o2 and np.array_equal(g1, g2)
@@ -305,9 +302,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="finite"):
         SLTask(np.array([[1.0, np.nan]]), [1.0])
     meta = MetaSL([SLTask(X, y)], LinearModel(), eta=0.1)
-    with pytest.raises(ValueError, match="'params' parameter of MetaSL.gradient must contain only finite"):
+    with pytest.raises(ValueError, match="'theta' parameter of MetaSL.gradient must contain only finite"):
         meta.gradient(np.array([np.nan, 0.0]))
-    with pytest.raises(ValueError, match="must have shape \\(2,\\)"):
+    with pytest.raises(ValueError, match="must have shape \\(n_params,\\) = \\(2,\\)"):
         meta.objective(np.zeros(3))
     with pytest.raises(ValueError, match="'eta' parameter of MetaSL must be in \\[0, inf\\)"):
         MetaSL([SLTask(X, y)], LinearModel(), eta=-1.0)

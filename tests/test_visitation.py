@@ -39,10 +39,15 @@ def test_visitation_and_values_match_oracle(task_and_policy):
     task, P, pi = task_and_policy
     nu, sigma = vis.visitation(task, pi)
     nu0, sigma0 = naive.visitation(P, task.gamma, task.init, pi)
+    np.testing.assert_allclose(nu, nu0, rtol=1e-11)
     np.testing.assert_allclose(sigma, sigma0, rtol=1e-11)
+    np.testing.assert_allclose(sigma, nu[:, None] * pi, rtol=1e-15)
     V, Q, A = vis.evaluate_policy(task, pi)
     V0, Q0, A0 = naive.values(P, task.r, task.gamma, pi)
+    np.testing.assert_allclose(V, V0, rtol=1e-11)
     np.testing.assert_allclose(Q, Q0, rtol=1e-11)
+    np.testing.assert_allclose(A, A0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose((pi * A).sum(axis=1), 0.0, atol=1e-13)
     np.testing.assert_allclose(vis.policy_matrix(task, pi).toarray(),
                                np.eye(5) - task.gamma * naive.policy_transition(P, pi), atol=1e-15)
 

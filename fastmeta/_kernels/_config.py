@@ -13,6 +13,7 @@ so every bit of the result, is the same for any number of threads.
 from __future__ import annotations
 
 import functools
+import os
 import types
 
 import numba
@@ -61,3 +62,22 @@ class SizedKernel:
 def sized(fn) -> SizedKernel:
     """Decorator: compile ``fn`` serial and parallel, dispatch by problem size."""
     return SizedKernel(fn)
+
+
+def needs_compiling(*kernels) -> bool:
+    """True when some of ``kernels`` has machine code neither in memory nor in the disk cache.
+
+    Used only to tell the user why the first call is slow; any doubt (numba
+    internals changed) answers False, so no false "compiling" notice is shown.
+    """
+    for kernel in kernels:
+        dispatcher = getattr(kernel, "serial", kernel)
+        if dispatcher.signatures:
+            continue
+        try:
+            index = dispatcher._cache._cache_file._index_path
+        except AttributeError:
+            return False
+        if not os.path.exists(index):
+            return True
+    return False

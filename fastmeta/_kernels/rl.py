@@ -15,12 +15,29 @@ from ._config import N_CHUNKS, jit, sized
 
 @sized
 def softmax_policy(f, inv_tau, Q, eta, out):
-    """out[s] = softmax(f[s] * inv_tau + eta * Q[s]), stable for logits of any size."""
+    """out[s] = softmax(f[s] * inv_tau + eta * Q[s]), exact for logits of any size.
+
+    Both parts of the logit are shifted by their per-state maxima before scaling, so
+    f / tau beyond the float range (theta = 1e300, tau = 1e-10) gives the limiting
+    policy (the argmax) instead of inf - inf = NaN; an inf ``inv_tau`` is allowed.
+    """
     S, A = f.shape
     for s in prange(S):
+        fmax = -np.inf
+        qmax = -np.inf
+        for a in range(A):
+            if f[s, a] > fmax:
+                fmax = f[s, a]
+            if Q[s, a] > qmax:
+                qmax = Q[s, a]
         m = -np.inf
         for a in range(A):
-            z = f[s, a] * inv_tau + eta * Q[s, a]
+            d = f[s, a] - fmax
+            z = 0.0 if d == 0.0 else d * inv_tau
+            if eta != 0.0:
+                dq = Q[s, a] - qmax
+                if dq != 0.0:
+                    z += eta * dq
             out[s, a] = z
             if z > m:
                 m = z
@@ -184,20 +201,35 @@ def chunked_dot(x, y):
 
 @sized
 def add_own_term(sigma_i, adv_i, c, out):
-    """out(s, a) += c sigma_i(s, a) A_i(s, a): the adapted policy's own term (docs/formulas.md section 3)."""
+    """out(s, a) += c sigma_i(s, a) A_i(s, a): the adapted policy's own term.
+
+    Exact zeros are skipped rather than multiplied, so a huge ``c`` (tiny tau) times
+    the exact zero of a saturated state stays zero instead of becoming NaN.
+    """
     S, A = sigma_i.shape
     for s in prange(S):
         for a in range(A):
-            out[s, a] += c * sigma_i[s, a] * adv_i[s, a]
+            w = sigma_i[s, a] * adv_i[s, a]
+            if w != 0.0:
+                out[s, a] += c * w
 
 
 @sized
 def add_meta_term(xi, pi, adv, c, out):
-    """out(s, a) += c xi(s) pi(a|s) A(s, a): the term through the inner step (docs/formulas.md section 3)."""
+    """out(s, a) += c xi(s) pi(a|s) A(s, a): the term through the inner step (zeros skipped)."""
     S, A = pi.shape
+    if c == 0.0:
+        return  # eta = 0: no inner step (and no 0 * inf from huge advantages)
     for s in prange(S):
+        if xi[s] == 0.0:
+            continue
+        # c xi first: with rewards scaled by k and eta by 1/k, c xi stays of order one,
+        # so the result scales by k exactly instead of overflowing through xi A ~ k^2.
+        cx = c * xi[s]
         for a in range(A):
-            out[s, a] += c * xi[s] * pi[s, a] * adv[s, a]
+            w = pi[s, a] * adv[s, a]
+            if w != 0.0:
+                out[s, a] += cx * w
 
 
 @sized
@@ -207,6 +239,26 @@ def advantage(Q, V, out):
     for s in prange(S):
         for a in range(A):
             out[s, a] = Q[s, a] - V[s]
+
+
+@sized
+def centred_advantage(Q, pi, out):
+    """out(s, a) = Q(s, a) - sum_b pi(b|s) Q(s, b): the advantage centred under pi.
+
+    Equal to Q - V in exact arithmetic, but its pi-average is zero up to one rounding
+    per state, and exactly zero where pi is saturated (a one-hot row): there the
+    gradient terms sigma A and pi A vanish exactly, instead of being the rounding
+    error of the linear solve for V amplified by 1/tau.
+    """
+    S, A = Q.shape
+    for s in prange(S):
+        v = 0.0
+        for a in range(A):
+            p = pi[s, a]
+            if p != 0.0:
+                v += p * Q[s, a]
+        for a in range(A):
+            out[s, a] = Q[s, a] - v
 
 
 @sized

@@ -1,7 +1,8 @@
-"""The ``fastmeta`` command line: ``fastmeta demo`` (meta-RL, or ``--sl``) and ``fastmeta profile``.
+"""The ``fastmeta`` command line: ``fastmeta demo`` (meta-RL, or ``--sl``), ``profile`` and ``bound``.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` (registers the
-subcommand and its options), ``run(args) -> int`` and optionally ``check(args, parser)``
+subcommand and its options), ``run(args)`` (returns an exit status, or anything else for
+0) and optionally ``check(args, parser)``
 (checks between options, calling ``parser.error``). Every option is validated while it
 is parsed, so bad values end in a usage error (exit status 2) naming the option, before
 any work. To add a subcommand, add its module to ``SUBCOMMANDS``.
@@ -12,11 +13,12 @@ import argparse
 import sys
 from typing import Sequence
 
+from ..theory import command as bound
 from . import demo, profile
 from .demo import run_rl_demo
 from .profile import run_profile
 
-SUBCOMMANDS = (demo, profile)
+SUBCOMMANDS = (demo, profile, bound)
 """Modules providing ``add_parser(subparsers)``; the order is the order in ``--help``."""
 
 __all__ = ["build_parser", "main", "run_profile", "run_rl_demo"]
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = getattr(args, "check", None)
     if check is not None:
         check(args, args.parser)
-    return args.run(args)
+    status = args.run(args)
+    return status if isinstance(status, int) else 0   # a subcommand may return its report
 
 
 if __name__ == "__main__":

@@ -75,12 +75,14 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
         "each task's own optimum": (float(np.mean([optimal_policy(t)[2] for t in train])),
                                     float(np.mean([optimal_policy(t)[2] for t in held_out]))),
     }
-    # Curves over the thetas of this run (a resumed run starts where its checkpoint ended), then theta_T.
-    path = meta.visited + [theta]
-    first = result.steps - len(meta.visited) if len(meta.visited) <= result.steps else 0
+    # Curves over the thetas of this run (a resumed run starts where its checkpoint ended), ending at theta_T.
+    path = list(meta.visited)
+    if not path or not np.array_equal(path[-1], theta):
+        path.append(theta)
+    first = max(result.steps - (len(path) - 1), 0)
     train_curve = [meta.objective(t) for t in path]
     test_curve = [meta_test.objective(t) for t in path]
-    taken = len(meta.visited)
+    taken = len(path) - 1
     gnorm = (f"; ||grad L|| {result.grad_norm[0]:.3g} -> {result.grad_norm[-1]:.3g}"
              if len(result.grad_norm) else "")
     resumed = f" (resumed at step {first})" if first else ""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_int, check_real_scalar
+from .._validation import check_int, check_real_scalar, check_seed
 
 
 def one_hot_features(n_states: int, n_actions: int) -> np.ndarray:
@@ -19,7 +19,7 @@ def random_features(n_states: int, n_actions: int, n_features: int, seed: int | 
     S = check_int(n_states, "n_states", owner, low=1)
     A = check_int(n_actions, "n_actions", owner, low=1)
     d = check_int(n_features, "n_features", owner, low=1)
-    rng = np.random.default_rng(seed)
+    rng = check_seed(seed, "seed", owner)
     phi = rng.standard_normal((S, A, d))
     phi *= 1.0 / np.sqrt(d)
     return phi

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_choice, check_int, check_real_scalar
+from .._validation import check_choice, check_int, check_real_scalar, check_seed
 from ..mdp import TabularMDP
 from .features import grid_rbf_features, one_hot_features, random_features
 
@@ -50,8 +50,8 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
                     seed: int | np.random.Generator = 0) -> tuple[list[TabularMDP], np.ndarray]:
     """A family of gridworld tasks that differ in their goal cell.
 
-    All tasks share one kernel object (so its memory, its validation and the
-    main effect's factorisation are shared); task i pays reward 1 in every step
+    All tasks share one kernel (one canonical copy in memory, and one main-effect
+    factorisation per step); task i pays reward 1 in every step
     spent at its goal g_i: r_i(s, a) = 1[s = g_i]. With the paper's (1-gamma)
     normalisation J_i is then the discounted fraction of time spent at the goal.
 
@@ -88,9 +88,9 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
     N = check_int(size, "size", owner, low=1)
     start = check_choice(start, "start", ("uniform", "center", "corner"), owner)
     features = check_choice(features, "features", ("rbf", "random", "onehot"), owner)
-    rng = np.random.default_rng(seed)
+    rng = check_seed(seed, "seed", owner)
     S, A = N * N, len(ACTIONS)
-    r0, r1, c0, c1 = (0.0, 1.0, 0.0, 1.0) if goal_region is None else goal_region
+    r0, r1, c0, c1 = (0.0, 1.0, 0.0, 1.0) if goal_region is None else _check_region(goal_region, owner)
     rows = np.arange(int(np.floor(r0 * N)), max(int(np.ceil(r1 * N)), int(np.floor(r0 * N)) + 1))
     cols = np.arange(int(np.floor(c0 * N)), max(int(np.ceil(c1 * N)), int(np.floor(c0 * N)) + 1))
     if rows.min() < 0 or rows.max() >= N or cols.min() < 0 or cols.max() >= N:
@@ -116,3 +116,19 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
     else:
         phi = one_hot_features(S, A)
     return tasks, phi
+
+
+def _check_region(region: object, owner: str) -> tuple[float, float, float, float]:
+    """(r0, r1, c0, c1): four fractions in [0, 1] with r0 < r1 and c0 < c1."""
+    message = (f"The 'goal_region' parameter of {owner} must be four fractions (r0, r1, c0, c1) in [0, 1] "
+               f"with r0 < r1 and c0 < c1. Got {region!r} instead.")
+    try:
+        values = tuple(float(v) for v in region)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(message) from None
+    if len(values) != 4 or not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(message)
+    r0, r1, c0, c1 = values
+    if not (r0 < r1 and c0 < c1):
+        raise ValueError(message)
+    return r0, r1, c0, c1

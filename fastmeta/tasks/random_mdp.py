@@ -4,20 +4,25 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_int, check_real_scalar
+from .._validation import check_int, check_real_scalar, check_seed
 from ..mdp import TabularMDP
 from .features import random_features
 
 
-def random_kernel(n_states: int, n_actions: int, k: int, rng: np.random.Generator) -> sp.csr_matrix:
+def random_kernel(n_states: int, n_actions: int, k: int,
+                  rng: int | np.random.Generator) -> sp.csr_matrix:
     """Each (s, a) moves to k successors drawn uniformly with Dirichlet(1) probabilities.
 
     Successors are drawn with replacement and merged, so a row has at most k
     distinct entries (duplicates are rare when k << S). Chains like these are
     expanders: sparse LU fills in badly on them, Krylov solvers converge fast.
+    ``rng`` is a numpy Generator (advanced by the draws) or an int seed.
     """
-    S, A = n_states, n_actions
-    k = min(k, S)
+    owner = "random_kernel"
+    S = check_int(n_states, "n_states", owner, low=1)
+    A = check_int(n_actions, "n_actions", owner, low=1)
+    k = min(check_int(k, "k", owner, low=1), S)
+    rng = check_seed(rng, "rng", owner)
     itype = np.int32 if S * A * k < np.iinfo(np.int32).max else np.int64
     cols = rng.integers(0, S, size=(S * A, k)).astype(itype)
     probs = rng.dirichlet(np.ones(k), size=S * A) if k > 1 else np.ones((S * A, 1))
@@ -49,7 +54,7 @@ def random_mdps(n_tasks: int = 4, n_states: int = 100, n_actions: int = 4, *, k:
     A = check_int(n_actions, "n_actions", owner, low=1)
     k = check_int(k, "k", owner, low=1)
     gamma = check_real_scalar(gamma, "gamma", owner, low=0.0, high=1.0)
-    rng = np.random.default_rng(seed)
+    rng = check_seed(seed, "seed", owner)
     init = np.full(S, 1.0 / S)
     tasks = [TabularMDP(random_kernel(S, A, k, rng), rng.normal(1.0, 1.0, size=(S, A)), gamma, init)
              for _ in range(n)]
