@@ -11,7 +11,6 @@ problem's P and phi and the setup's warm-up call.
 Classes
 -------
 GridworldRL          fastmeta, gridworld 10^4, 10^5 states
-GridworldRLHuge      fastmeta, gridworld 10^6 states (long timeout, 1 round, few repeats)
 RandomMDPRL          fastmeta, RL^2 random MDPs 10^5 states
 ScipyBaselineRL      plain SciPy splu baseline, gridworld 10^4, 10^5
 DenseRL              fastmeta vs jax.grad vs torch.autograd (dense), gridworld S = 100, 400, 1600
@@ -19,6 +18,8 @@ ColdStart            import fastmeta + first gradient in a fresh interpreter (nu
 ManyTasksRL          fastmeta on many small RL^2 tasks (S, n) of the JAX side-by-side table, incl. n = 1..1024
 SeparateKernelsRL    gridworld 316 x 316 with each task's kernel built separately (shared by content)
 PerCallOverheadRL    one task with S = 10: gradient against validating theta alone
+
+The 10^6-state class is in :mod:`benchmarks.bench_rl_huge`, opt-in (FASTMETA_BENCH_HUGE=1).
 """
 from __future__ import annotations
 
@@ -68,21 +69,6 @@ class GridworldRL(_FastmetaRL):
     repeat = (3, 10, 30.0)
     rounds = 2
     timeout = 900
-
-
-class GridworldRLHuge(_FastmetaRL):
-    """10^6 states: P + phi take about 2 GB and one gradient tens of seconds."""
-
-    family = "grid"
-    params = [1_000_000]
-    repeat = (1, 3, 120.0)
-    rounds = 1
-    timeout = 3600
-
-    def track_grad_over_objective(self, n_states):
-        return _ratio(self.meta, self.theta, repeats=1)
-
-    track_grad_over_objective.unit = "ratio"
 
 
 class RandomMDPRL(_FastmetaRL):

@@ -1,8 +1,14 @@
-"""Measure the meta-RL performance targets and write bench_results/rl_targets.{md,json}.
+"""Measure the meta-RL performance targets and write rl_targets.{md,json} and machine.md.
 
-    cd /work/main && PYTHONPATH=. python benchmarks/run_rl_targets.py            # everything (10^6 included)
+    PYTHONPATH=. python benchmarks/run_rl_targets.py                             # everything (10^6 included)
     PYTHONPATH=. python benchmarks/run_rl_targets.py --skip-huge                 # without 10^6
     PYTHONPATH=. python benchmarks/run_rl_targets.py --cases grid-1e4 scipy-1e4  # a subset
+    PYTHONPATH=. python benchmarks/run_rl_targets.py --publish                   # into bench_results/
+
+Results go to the scratch directory (``$FASTMETA_BENCH_SCRATCH``, default
+``<tmp>/fastmeta-bench``) unless ``--publish`` is given, so a run leaves ``git status``
+clean. Publishing a subset of the cases needs ``--merge``, which keeps the other cases
+of the published tables, so a partial run never replaces the full tables.
 
 Every case runs in a fresh subprocess (so the peak RSS of one size is not polluted by
 another, and the numba cache is loaded as a user would see it). In each worker:
@@ -19,7 +25,7 @@ features, slip 0.1, gamma = 0.99, tau = eta = 1, theta = 0.5 N(0, I) (seed 0) at
 10^4, 10^5, 10^6 states; RL^2 random MDPs (k = 4, own kernel per task) at 10^5; the
 plain SciPy splu baseline (benchmarks/baselines/scipy_rl.py) at 10^4 and 10^5.
 
-Also writes bench_results/machine.md (lscpu, free -g, versions, thread settings).
+Also writes machine.md (lscpu, free -g, versions, thread settings).
 The machine is shared: compare ratios within one run, and look at the load average
 recorded beside the numbers.
 """
@@ -36,7 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench_results"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._output import add_publish_flag, output_dir  # noqa: E402
 
 # name: (implementation, family, nominal S, repeats)
 CASES = {
@@ -175,7 +183,7 @@ def machine_info() -> dict:
     return info
 
 
-def write_machine_md(info: dict) -> None:
+def write_machine_md(info: dict, out: Path) -> None:
     env = "\n".join(f"- {k} = {v if v is not None else '(unset)'}" for k, v in info["env"].items())
     text = f"""# Benchmark machine
 
@@ -203,14 +211,14 @@ Thread-related environment:
 {info['free']}
 ```
 """
-    (OUT / "machine.md").write_text(text)
+    (out / "machine.md").write_text(text)
 
 
 def _fmt_s(x):
     return "n/a" if x is None else (f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s")
 
 
-def write_results(results: list[dict], info: dict, argv: list[str]) -> None:
+def write_results(results: list[dict], info: dict, argv: list[str], out: Path) -> None:
     results = sorted(results, key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
     by = {r["case"]: r for r in results}
     merged = [r for r in results if "merged_from" in r]
@@ -258,7 +266,7 @@ def write_results(results: list[dict], info: dict, argv: list[str]) -> None:
     md = f"""# Meta-RL performance targets
 
 Measured by `python {' '.join(['benchmarks/run_rl_targets.py'] + argv)}` on {info['date']}
-(fastmeta at {info['git']}; machine: `bench_results/machine.md`; numba threads {info['numba_num_threads']},
+(fastmeta at {info['git']}; machine: `machine.md` beside this file; numba threads {info['numba_num_threads']},
 threading layer {', '.join(sorted({r['threading_layer'] for r in results if r.get('impl') == 'fastmeta'})) or '?'},
 OMP_WAIT_POLICY={info['env'].get('OMP_WAIT_POLICY') or '(unset)'}).
 
@@ -290,8 +298,8 @@ the repeats (gradient and objective interleaved). Peak RSS = ru_maxrss of that p
 The machine is shared with other work (2 cores): absolute times move with the load average
 shown; ratios within one run are more stable. Raw timings: `rl_targets.json`.
 """
-    (OUT / "rl_targets.md").write_text(md)
-    (OUT / "rl_targets.json").write_text(json.dumps(dict(machine=info, argv=argv, results=results), indent=1))
+    (out / "rl_targets.md").write_text(md)
+    (out / "rl_targets.json").write_text(json.dumps(dict(machine=info, argv=argv, results=results), indent=1))
 
 
 def main(argv=None) -> int:
@@ -305,7 +313,10 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", action="store_true",
                         help="keep the other cases of the existing rl_targets.json (rerun only --cases)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_publish_flag(parser)
     args = parser.parse_args(argv)
+    if args.publish and args.cases and not args.merge:
+        parser.error("--publish with --cases replaces the published full tables by a partial one; add --merge")
     if args.worker:
         res = worker(args.worker, args.repeats or CASES[args.worker][3])
         print(json.dumps(res))
@@ -313,12 +324,12 @@ def main(argv=None) -> int:
     names = args.cases or [n for n in CASES if not (args.skip_huge and n == "grid-1e6")]
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     os.environ.update(extra_env)   # so machine_info records it; workers inherit it
-    OUT.mkdir(exist_ok=True)
+    out = output_dir(args.publish)
     info = machine_info()
-    write_machine_md(info)
+    write_machine_md(info, out)
     results = []
-    if args.merge and (OUT / "rl_targets.json").exists():
-        old = json.loads((OUT / "rl_targets.json").read_text())
+    if args.merge and (out / "rl_targets.json").exists():
+        old = json.loads((out / "rl_targets.json").read_text())
         results = [r for r in old["results"] if r["case"] not in names]
         for r in results:
             r.setdefault("merged_from", " ".join(old.get("argv", [])))
@@ -331,8 +342,8 @@ def main(argv=None) -> int:
         msg = res.get("error") or (f"gradient {_fmt_s(res['grad_median'])}, objective {_fmt_s(res['obj_median'])}, "
                                    f"ratio {res['ratio']:.2f}, peak {res['peak_rss'] / 2**30:.2f} GB")
         print(f"[run_rl_targets] {name}: {msg}", file=sys.stderr, flush=True)
-        write_results(results, info, sys.argv[1:] if argv is None else list(argv))
-    print(f"wrote {OUT / 'rl_targets.md'} and {OUT / 'rl_targets.json'}", file=sys.stderr)
+        write_results(results, info, sys.argv[1:] if argv is None else list(argv), out)
+    print(f"wrote {out / 'rl_targets.md'} and {out / 'rl_targets.json'}", file=sys.stderr)
     return 0
 
 

@@ -9,24 +9,20 @@ parameters.
 """
 from __future__ import annotations
 
-import os
+from ._threads import start_numba_threads_with_passive_wait
 
-# Numba runs parallel kernels on OpenMP, whose idle workers spin-wait by default. On a
-# machine where other processes hold the cores, every parallel region then waits for a
-# descheduled spinning thread: measured 10-500x slowdowns here. Passive waiting costs
-# microseconds per region and nothing else. An explicit setting by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+start_numba_threads_with_passive_wait()
 
-from . import tasks  # noqa: E402
-from ._optim import FitResult, load_checkpoint
-from .energy import Energy, LinearEnergy
-from .linalg import SolverError
-from .linear_model import LinearModel
-from .mdp import TabularMDP
-from .models import MLP, Predictor
-from .neural import NeuralEnergy, TwoLayerReLU
-from .rl import MetaRL, TaskTrace
-from .sl import MetaSL, SLTask, TaskBatch
+from . import planning, tasks, visitation  # noqa: E402
+from ._optim import FitResult, load_checkpoint  # noqa: E402
+from .energy import Energy, LinearEnergy  # noqa: E402
+from .linalg import SolverError  # noqa: E402
+from .linear_model import LinearModel  # noqa: E402
+from .mdp import TabularMDP  # noqa: E402
+from .models import MLP, Predictor  # noqa: E402
+from .neural import NeuralEnergy, TwoLayerReLU  # noqa: E402
+from .rl import MetaRL, TaskTrace  # noqa: E402
+from .sl import MetaSL, SLTask, TaskBatch  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -47,5 +43,7 @@ __all__ = [
     "TaskTrace",
     "TwoLayerReLU",
     "load_checkpoint",
+    "planning",
     "tasks",
+    "visitation",
 ]

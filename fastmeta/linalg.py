@@ -53,6 +53,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from ._blas import single_threaded_blas
 from ._kernels import krylov as _k
 from ._kernels._config import N_CHUNKS, PARALLEL_MIN_SIZE
 
@@ -368,10 +369,12 @@ class DenseFactorization(_DirectFactorization):
 
     def __init__(self, M: sp.csr_matrix):
         self.n = M.shape[0]
-        self._lu = scipy.linalg.lu_factor(M.toarray(), check_finite=False)
+        with single_threaded_blas():
+            self._lu = scipy.linalg.lu_factor(M.toarray(), check_finite=False)
 
     def _solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
-        return scipy.linalg.lu_solve(self._lu, b, trans=1 if transposed else 0, check_finite=False)
+        with single_threaded_blas():
+            return scipy.linalg.lu_solve(self._lu, b, trans=1 if transposed else 0, check_finite=False)
 
 
 class SpluFactorization(_DirectFactorization):

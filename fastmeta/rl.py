@@ -10,14 +10,14 @@ an energy f = f_theta(s, a) (see :mod:`fastmeta.energy`):
     M_i   = I - gamma P_{pi_i};  V_i, Q_i, A_i likewise;  J_i = zeta^T V_i
     L     = 1/n sum_i J_i                      the meta-objective (3.4), maximised
 
-The gradient is the corrected Proposition 3.2 (ERRATA.md section 2), which the
+The gradient is the corrected Proposition 3.2 (docs/formulas.md section 3), which the
 printed (3.7)-(3.8) get wrong by factors 1/(1-gamma_i):
 
     grad L = 1/n sum_i 1/(1-gamma_i) E_{sigma_i}[ h_i A_i ],
     h_i(s,a) = phi(s,a)/tau
                + eta gamma_i / ((1-gamma_i) tau) E_{sigma^{(s,a)}}[ phi A ]
 
-evaluated in the adjoint form of ERRATA section 4, so one gradient costs two
+evaluated in the adjoint form of docs/formulas.md section 3, so one gradient costs two
 factorisations, two solves and two transposed solves per task whatever the number
 of parameters:
 
@@ -279,6 +279,10 @@ class MetaRL:
         return patterns
 
     # ------------------------------------------------------------------ public API
+    def init_params(self) -> np.ndarray:
+        """The model's initial parameters (zeros, the uniform policy, for LinearEnergy), as MetaSL's."""
+        return self.model.init_params()
+
     def objective(self, theta: Any) -> float:
         """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
         theta = self.model.check_params(theta, _OWNER)
@@ -287,7 +291,7 @@ class MetaRL:
         return value
 
     def gradient(self, theta: Any) -> np.ndarray:
-        """The exact gradient of L (ERRATA.md sections 2 and 4), shape (n_params,)."""
+        """The exact gradient of L (docs/formulas.md section 3), shape (n_params,)."""
         return self.value_and_grad(theta)[1]
 
     def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:

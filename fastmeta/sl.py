@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._deprecation import renamed_keyword
 from ._fingerprint import array_digest
 from ._kernels import sl as _ksl
 from ._kernels._config import needs_compiling
@@ -218,6 +219,22 @@ class MetaSL:
     Models with a compiled ``meta_terms`` (the three built-in ones) run the whole
     objective in one call; any other predictor runs a NumPy loop over tasks. Results do
     not depend on the number of Numba threads.
+
+    Examples
+    --------
+    >>> import fastmeta
+    >>> from fastmeta.tasks import linear_gaussian_tasks
+    >>> tasks = linear_gaussian_tasks(8, n_support=10, in_dim=3, seed=0)
+    >>> meta = fastmeta.MetaSL(tasks, fastmeta.LinearModel(), eta=0.1)
+    >>> theta = meta.init_params()
+    >>> L, grad = meta.value_and_grad(theta)
+    >>> grad.shape
+    (3,)
+    >>> result = meta.fit(theta, steps=20, lr=0.5, progress=False)
+    >>> bool(meta.objective(result.theta) < L)
+    True
+    >>> meta.predict(result.theta, tasks[0].X).shape
+    (10,)
     """
 
     def __init__(self, tasks: Sequence[SLTask] | SLTask, model: Predictor,
@@ -251,19 +268,22 @@ class MetaSL:
         """The model's initial parameters (zeros for LinearModel, W(0) for the networks)."""
         return np.asarray(self.model.init_params(), dtype=np.float64)
 
-    def objective(self, params: Any) -> float:
+    @renamed_keyword("params", "theta")
+    def objective(self, theta: Any) -> float:
         """L(theta) of (4.4): the mean over tasks of the query risk after one inner step."""
-        theta = self._check_params(params, "MetaSL.objective")
+        theta = self._check_params(theta, "MetaSL.objective")
         return self._run(theta, self._packed, _ksl.MODE_VALUE)[0]
 
-    def gradient(self, params: Any) -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def gradient(self, theta: Any) -> np.ndarray:
         """grad L(theta), exact (or the first-order approximation if ``first_order``)."""
-        theta = self._check_params(params, "MetaSL.gradient")
+        theta = self._check_params(theta, "MetaSL.gradient")
         return self._run(theta, self._packed, self._grad_mode)[1]
 
-    def value_and_grad(self, params: Any) -> tuple[float, np.ndarray]:
+    @renamed_keyword("params", "theta")
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
         """(L(theta), grad L(theta)) from one compiled call."""
-        theta = self._check_params(params, "MetaSL.value_and_grad")
+        theta = self._check_params(theta, "MetaSL.value_and_grad")
         return self._run(theta, self._packed, self._grad_mode)
 
     def pack(self, tasks: Sequence[SLTask] | SLTask | TaskBatch) -> PackedTasks:
@@ -316,12 +336,12 @@ class MetaSL:
             self._check_labels(yq, "tasks.y_query (flattened)", owner)
         return PackedTasks(Zs, ys, offs, Zq, yq, offq)
 
-    def value_and_grad_on(self, params: Any, packed: PackedTasks) -> tuple[float, np.ndarray]:
-        """(L, grad L) at ``params`` over other tasks, packed by ``pack`` (same model and settings)."""
+    def value_and_grad_on(self, theta: Any, packed: PackedTasks) -> tuple[float, np.ndarray]:
+        """(L, grad L) at ``theta`` over other tasks, packed by ``pack`` (same model and settings)."""
         if not isinstance(packed, PackedTasks):
             raise TypeError("The 'packed' parameter of MetaSL.value_and_grad_on must be a PackedTasks "
                             f"(from MetaSL.pack). Got {type(packed).__name__} instead.")
-        theta = self._check_params(params, "MetaSL.value_and_grad_on")
+        theta = self._check_params(theta, "MetaSL.value_and_grad_on")
         return self._run(theta, packed, self._grad_mode)
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
@@ -403,14 +423,26 @@ class MetaSL:
                          "query sizes": digest(p.offq)}
         return dict(self._tag)
 
+    def predict(self, theta: Any, X: Any) -> np.ndarray:
+        """The model's outputs h_theta(x) for the rows x of ``X``, shape (N,).
+
+        ``X`` has shape (N, in_dim), raw inputs as in :class:`SLTask` (a LinearModel
+        applies its feature map). For the logistic loss these are logits; the
+        probability of label 1 is 1 / (1 + exp(-h)).
+        """
+        theta = self._check_params(theta, "MetaSL.predict")
+        X = as_float_array(X, "X", "MetaSL.predict", shape=(None, self.in_dim))
+        return self.model.predict(theta, self._inputs(X))
+
     # -- single-task tools: adaptation, risks, Hessian-vector products ----------------
-    def adapt(self, params: Any, task: SLTask, steps: int = 1, eta: float | None = None,
+    @renamed_keyword("params", "theta")
+    def adapt(self, theta: Any, task: SLTask, steps: int = 1, eta: float | None = None,
               return_path: bool = False) -> np.ndarray:
         """Run ``steps`` inner gradient steps theta <- theta - eta grad R(theta) on ``task``'s support set.
 
         Parameters
         ----------
-        params : array_like
+        theta : array_like
             Starting parameters (typically the meta-trained theta).
         task : SLTask
             A (new) task; only its support set is used.
@@ -427,7 +459,7 @@ class MetaSL:
         ndarray of shape (n_params,) or (steps + 1, n_params)
         """
         owner = "MetaSL.adapt"
-        theta = self._check_params(params, owner).copy()
+        theta = self._check_params(theta, owner).copy()
         steps = check_int(steps, "steps", owner, low=0)
         eta = self.eta if eta is None else check_real_scalar(eta, "eta", owner, low=0.0, low_open=False)
         Z, y = self._task_data(task, "support", owner)
@@ -438,19 +470,22 @@ class MetaSL:
                 path.append(theta)
         return np.stack(path) if path is not None else theta
 
-    def risk(self, params: Any, task: SLTask, split: str = "query") -> float:
+    @renamed_keyword("params", "theta")
+    def risk(self, theta: Any, task: SLTask, split: str = "query") -> float:
         """R(theta) = mean loss of the model on ``task``'s ``split`` set (support if it has no query set)."""
-        theta = self._check_params(params, "MetaSL.risk")
+        theta = self._check_params(theta, "MetaSL.risk")
         Z, y = self._task_data(task, split, "MetaSL.risk")
         return self._risk_parts(theta, Z, y, need_grad=False)[0]
 
-    def risk_grad(self, params: Any, task: SLTask, split: str = "support") -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def risk_grad(self, theta: Any, task: SLTask, split: str = "support") -> np.ndarray:
         """grad R(theta) on ``task``'s ``split`` set."""
-        theta = self._check_params(params, "MetaSL.risk_grad")
+        theta = self._check_params(theta, "MetaSL.risk_grad")
         Z, y = self._task_data(task, split, "MetaSL.risk_grad")
         return self._risk_parts(theta, Z, y, need_grad=True)[1]
 
-    def risk_hvp(self, params: Any, task: SLTask, v: Any, split: str = "support") -> np.ndarray:
+    @renamed_keyword("params", "theta")
+    def risk_hvp(self, theta: Any, task: SLTask, v: Any, split: str = "support") -> np.ndarray:
         """Hess R(theta) v on ``task``'s ``split`` set, from the model's ``hvp``.
 
         For the linear model and the one-layer-trained ReLU network this is the
@@ -458,7 +493,7 @@ class MetaSL:
         away from the kinks); the MLP adds its curvature term (R-operator).
         """
         owner = "MetaSL.risk_hvp"
-        theta = self._check_params(params, owner)
+        theta = self._check_params(theta, owner)
         v = as_float_array(v, "v", owner, shape=(self.n_params,))
         Z, y = self._task_data(task, split, owner)
         _, d1, d2 = self._loss_terms(self.model.predict(theta, Z), y)
@@ -546,7 +581,7 @@ class MetaSL:
                              f"{in_dim}. Got {model!r} with in_dim={model.in_dim} instead.")
         return model
 
-    def _check_params(self, params: Any, owner: str, name: str = "params") -> np.ndarray:
+    def _check_params(self, params: Any, owner: str, name: str = "theta") -> np.ndarray:
         # Fast path for the common case (the fit loop): no conversion, one finiteness scan.
         if (type(params) is np.ndarray and params.dtype == np.float64 and params.ndim == 1
                 and params.shape[0] == self.n_params and params.flags.c_contiguous):

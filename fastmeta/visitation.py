@@ -91,6 +91,23 @@ def visitation(task: TabularMDP, pi: Any, *, init: Any = None, solver: str = "au
 
     ``init`` replaces the task's zeta (e.g. by a signed measure: the result is then
     linear in it).
+
+    Returns
+    -------
+    nu : ndarray of shape (S,)
+        nu(s) = (1 - gamma) sum_t gamma^t Pr(s_t = s); a distribution when ``init`` is one.
+    sigma : ndarray of shape (S, A)
+        sigma(s, a) = nu(s) pi(a|s).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastmeta
+    >>> from fastmeta.visitation import visitation
+    >>> tasks, _ = fastmeta.tasks.gridworld_goals(n_tasks=1, size=3, n_features=4, seed=0)
+    >>> nu, sigma = visitation(tasks[0], np.full((9, 4), 0.25))
+    >>> nu.shape, sigma.shape, round(float(sigma.sum()), 12)
+    ((9,), (9, 4), 1.0)
     """
     pi = _policy(task, pi, "visitation")
     solver = check_choice(solver, "solver", linalg.METHODS, "visitation")
@@ -114,6 +131,19 @@ def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto
     -------
     ndarray of shape (S, A) or (S, A, k)
         Costs k solves with one factorisation.
+
+    Examples
+    --------
+    The same numbers as averaging g under the explicit family:
+
+    >>> import numpy as np
+    >>> import fastmeta
+    >>> from fastmeta.visitation import explicit_family, family_expectation
+    >>> tasks, _ = fastmeta.tasks.gridworld_goals(n_tasks=1, size=3, n_features=4, seed=0)
+    >>> pi, g = np.full((9, 4), 0.25), np.arange(36.0).reshape(9, 4)
+    >>> E = family_expectation(tasks[0], pi, g)
+    >>> bool(np.allclose(E, np.einsum("sauv,uv->sa", explicit_family(tasks[0], pi), g)))
+    True
     """
     owner = "family_expectation"
     pi = _policy(task, pi, owner)

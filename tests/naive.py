@@ -82,7 +82,7 @@ def meta_objective(tasks, phi, theta, tau, eta):
 
 
 def meta_gradient(tasks, phi, theta, tau, eta):
-    """The corrected Proposition 3.2 (ERRATA.md section 2) with the explicit family."""
+    """The corrected Proposition 3.2 (docs/formulas.md section 3) with the explicit family."""
     f = phi @ theta
     pi = softmax(f / tau)
     grad = np.zeros(phi.shape[2])

@@ -1,8 +1,6 @@
 """The predictor protocol of meta-SL: the built-in models implement it, a user's own NumPy
 predictor plugs in (against tests/naive.py and central differences), the compiled fast
 paths agree with MetaSL's protocol loop, and non-predictors are refused clearly."""
-import pathlib
-import re
 
 import numpy as np
 import pytest
@@ -158,14 +156,3 @@ def test_non_predictors_are_refused_with_the_missing_members():
         MetaSL(tasks, Half())
     with pytest.raises(TypeError, match="predictor protocol"):
         MetaSL(tasks, object())
-
-
-
-def test_docs_examples_run(tmp_path):
-    """The Python blocks of docs/predictors.md run as written (so the page cannot rot)."""
-    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "predictors.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
-    for block in blocks:
-        code = block.replace("/tmp/finn.npz", str(tmp_path / "finn.npz"))
-        exec(compile(code, "docs/predictors.md", "exec"), {})

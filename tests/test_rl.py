@@ -70,7 +70,7 @@ def test_invariants_of_a_trace(small_problem):
         assert tr.J_i == pytest.approx(init @ tr.V_i, rel=1e-12)
         assert tr.J_i == pytest.approx(np.sum(tr.sigma_i * r), rel=1e-10)
         np.testing.assert_allclose(tr.V, naive.values_by_iteration(P, r, gamma, tr.pi, iters=2000), atol=1e-10)
-        # Performance difference (ERRATA section 1): J(pi_i) - J(pi) = E_{sigma_pi_i}[A^pi] / (1-gamma)
+        # Performance difference (docs/formulas.md section 1): J(pi_i) - J(pi) = E_{sigma_pi_i}[A^pi] / (1-gamma)
         J_main = init @ tr.V
         assert tr.J_i - J_main == pytest.approx(np.sum(tr.sigma_i * tr.A) / (1 - gamma), rel=1e-10)
         # E_pi[A(s, .)] = 0 for the main effect's advantage

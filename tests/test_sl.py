@@ -303,7 +303,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="finite"):
         SLTask(np.array([[1.0, np.nan]]), [1.0])
     meta = MetaSL([SLTask(X, y)], LinearModel(), eta=0.1)
-    with pytest.raises(ValueError, match="'params' parameter of MetaSL.gradient must contain only finite"):
+    with pytest.raises(ValueError, match="'theta' parameter of MetaSL.gradient must contain only finite"):
         meta.gradient(np.array([np.nan, 0.0]))
     with pytest.raises(ValueError, match="must have shape \\(n_params,\\) = \\(2,\\)"):
         meta.objective(np.zeros(3))
@@ -343,7 +343,7 @@ def test_sl_demo_quick_adapts_and_beats_pretraining(tmp_path):
     buf = io.StringIO()
     res = run_sl_demo(seed=0, quick=True, out=buf, progress=False)
     text = buf.getvalue()
-    assert "MAML (ours)" in text and "random Fourier features" in text
+    assert "MAML (this run)" in text and "random Fourier features" in text
     maml, pre = res["maml"], res["pretrained"]
     assert len(maml) == len(pre) == len(EVAL_STEPS)
     # Adaptation works: one step roughly halves the MSE, ten steps go further, and far below pretraining.

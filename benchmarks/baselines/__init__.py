@@ -1,6 +1,6 @@
 """What a user would write without fastmeta: the same exact meta-RL objective and gradient.
 
-* :mod:`.scipy_rl` -- plain NumPy/SciPy, adjoint form (ERRATA.md section 4), dense LU for
+* :mod:`.scipy_rl` -- plain NumPy/SciPy, adjoint form (docs/formulas.md section 3), dense LU for
   small S and SuperLU (``splu``) for sparse kernels.
 * :mod:`.jax_rl`, :mod:`.torch_rl` -- the meta-objective written densely and differentiated
   by reverse-mode autodiff (jax / torch are imported lazily, only when used).

@@ -1,6 +1,6 @@
 """The exact meta-RL objective and gradient in plain NumPy/SciPy.
 
-This is the code a competent user would write from ERRATA.md section 4 (the adjoint
+This is the code a competent user would write from docs/formulas.md section 3 (the adjoint
 meta-gradient) without fastmeta: P_pi built with scipy.sparse products, one
 factorisation of M = I - gamma P_pi per policy (``scipy.sparse.linalg.splu`` with
 ``permc_spec="MMD_AT_PLUS_A"``, or dense LAPACK LU for small S), ``solve`` and

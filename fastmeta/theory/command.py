@@ -92,7 +92,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="ball radius R (> 0), or 'none' to minimise each bound over R (default)")
     p.add_argument("--starts", type=_positive_int, default=4, help="starts of the comparator search (default 4)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the family and of the search (default 0)")
-    p.add_argument("--plot", default="fastmeta_bound.png", help="plot file ('' for none)")
+    p.add_argument("--plot", default="fastmeta_bound.png", help="plot file, '' for none (default fastmeta_bound.png)")
     # Checks that involve two options run right after parsing, through this parser's error().
     p.set_defaults(bound_parser=p)
     return p
