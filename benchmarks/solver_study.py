@@ -276,7 +276,7 @@ if __name__ == "__main__":
             f = linalg.factorize(M, "krylov", plan=plan)
             print(k, [(lv.n, lv.indices.shape[0]) for lv in f._hier.levels])
         for ns, cyc in [(1, 1), (2, 1), (1, 2), (2, 2)]:
-            linalg.AMG_NSWEEP, linalg.AMG_GAMMA = ns, cyc
+            linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, cyc
             for k, M in Ms.items():
                 r = krylov_run(M, plan, 1e-10)
                 print(ns, cyc, k, f"setup {r['setup']:.3f} solve {r['solve']:.3f} ({r['its']}) T {r['solveT']:.3f} ({r['itsT']})", flush=True)
