@@ -179,8 +179,8 @@ class ScipyKrylovCand:
         for j in range(Bm.shape[1]):
             cnt = [0]
             kw = dict(rtol=RTOL, atol=0.0, M=P, maxiter=1000, callback=lambda *_: cnt.__setitem__(0, cnt[0] + 1))
-            if self.krylov == "gmres":
-                kw.update(restart=30, callback_type="pr_norm")
+            if self.krylov == "gmres":  # SciPy's maxiter counts restart cycles
+                kw.update(restart=30, callback_type="pr_norm", maxiter=1000 // 30)
             x0 = None if X0 is None else X0.reshape(Bm.shape)[:, j]
             x, info = fn(A, Bm[:, j], x0=x0, **kw)
             if info != 0:
@@ -219,10 +219,9 @@ def candidates(S: int, family: str):
     if family == "grid" or S <= 100_000:
         out["fastmeta splu"] = FastmetaCand("splu")
     out["gmres+AIR (pyamg)"] = ScipyKrylovCand("gmres", "air")
-    if S <= 100_000:
+    if S <= 10_000:  # 10^5 prototypes: SA set-up 15-22 s, ILU-GMRES 166 iterations, 6-26 s
         out["bicgstab+AIR (pyamg)"] = ScipyKrylovCand("bicgstab", "air")
         out["lgmres+AIR (pyamg)"] = ScipyKrylovCand("lgmres", "air")
-    if S <= 10_000:  # 10^5 prototypes: SA set-up 15-22 s, ILU-GMRES 166 iterations, 6-26 s
         out["gmres+ILU (spilu)"] = ScipyKrylovCand("gmres", "ilu")
         out["gmres+SA (pyamg)"] = ScipyKrylovCand("gmres", "sa")
     out["value iteration (warm)"] = ValueIterationCand()
@@ -333,9 +332,17 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repeats up to 10^5 (1 at 10^6)")
     ap.add_argument("--publish", action="store_true", help="write into bench_results/")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fastmeta-bench")
+    ap.add_argument("--tag", default="", help="suffix of the json file (runs of several sizes)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="only write table and plot from these json files")
     args = ap.parse_args()
     out_dir = ROOT / "bench_results" if args.publish else args.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        runs = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for run in runs for r in run["rows"]]
+        write_table(out_dir, [run["meta"] for run in runs], rows)
+        plot(out_dir, rows)
+        return
     sizes = [int(float(s)) for s in args.sizes]
     meta = dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(),
                 numba=numba.__version__, numpy=np.__version__, scipy=scipy.__version__,
@@ -395,15 +402,16 @@ def main():
                                                                 levels=levels, nnz=int(sysd["M"].nnz),
                                                                 iterations=its, load=load()))
         del sysd
-        (out_dir / "solver_comparison.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        (out_dir / f"solver_comparison{args.tag}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     meta["load_end"] = load()
-    (out_dir / "solver_comparison.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    write_table(out_dir, meta, rows)
+    (out_dir / f"solver_comparison{args.tag}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    write_table(out_dir, [meta], rows)
     plot(out_dir, rows)
 
 
-def write_table(out_dir, meta, rows):
-    lines = [f"| family | S | gamma | candidate | setup s | solve s | total s | total / fastmeta best | "
+def write_table(out_dir, metas, rows):
+    lines = [f"Runs: " + "; ".join(f"{m['date']}, load at start {m['load_start']}, at end {m.get('load_end', '?')}, "
+                                   f"STREAM triad {m['stream_gb_s']:.1f} GB/s" for m in metas), "",f"| family | S | gamma | candidate | setup s | solve s | total s | total / fastmeta best | "
              f"iterations M/M_1/M_1^T | max rel. residual | peak RSS +GB | load during rows |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted({(r["family"], r["S"], r["gamma"]) for r in rows}, key=lambda k: ("grid rl2 ring".split().index(k[0]), k[1], k[2])):

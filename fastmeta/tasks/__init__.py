@@ -1,11 +1,13 @@
 """Task families: generators of TabularMDP lists and feature maps."""
-from .features import grid_rbf_features, one_hot_features, random_features
+from .features import GridRBFFeatureMap, OneHotFeatureMap, grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
 from .linear_gaussian import linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
 from .sinusoid import embed_inputs, fourier_embedding, sinusoid_tasks
 
 __all__ = [
+    "GridRBFFeatureMap",
+    "OneHotFeatureMap",
     "grid_rbf_features",
     "gridworld_goals",
     "gridworld_kernel",
