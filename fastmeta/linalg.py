@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -208,6 +209,7 @@ class SolverPlan:
         self._tdiag = None
         self._bandwidth = None
         self._method = None
+        self._pardiso_pool = None
 
     # lazily computed pattern data -------------------------------------
     @property
@@ -267,18 +269,18 @@ class SolverPlan:
         if self.nnz >= 2**31 - 1:
             raise ValueError(f"method='pardiso' supports up to 2^31 - 1 stored entries, got {self.nnz}")
         with _POOL_LOCK:
-            pool = self.__dict__.setdefault("_pardiso_pool", [])
+            pool = self._pardiso_pool
+            if pool is None:
+                # PARDISO's memory is freed with the plan (or at exit), not per factorisation
+                pool = self._pardiso_pool = []
+                weakref.finalize(self, _release_handles, pool)
             if pool:
                 return pool.pop()
         return _pardiso.PardisoHandle(self.indptr, self.indices, self.n)
 
     def _return_pardiso(self, handle) -> None:
         with _POOL_LOCK:
-            self.__dict__.setdefault("_pardiso_pool", []).append(handle)
-
-    def __del__(self):
-        for handle in self.__dict__.get("_pardiso_pool", ()):
-            handle.release()
+            self._pardiso_pool.append(handle)
 
     def matches(self, M: sp.csr_matrix) -> bool:
         """Whether ``M`` has exactly this sparsity pattern."""
@@ -291,6 +293,12 @@ class SolverPlan:
 
     def __repr__(self) -> str:
         return f"SolverPlan(n={self.n}, nnz={self.nnz})"
+
+
+def _release_handles(handles) -> None:
+    for handle in handles:
+        handle.release()
+    handles.clear()
 
 
 def _as_pattern(obj) -> Tuple[np.ndarray, np.ndarray, int]:
