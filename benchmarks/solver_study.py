@@ -214,7 +214,7 @@ def replay_workload(Ms, R, MU, per, method, plan=None, **kw):
     return time.perf_counter() - t0, tset, out
 
 
-def workload_section(Ns, methods=("splu", "krylov"), reps=3):
+def workload_section(Ns, methods=("splu", "pardiso", "krylov"), reps=3):
     for N in Ns:
         data = capture_workload(N)
         plan = linalg.analyse(data[0][0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class PardisoHandle:
         self.iparm[9] = 13   # pivot perturbation 1e-13 (never hit: M is an M-matrix)
         self.iparm[34] = 1   # zero-based indexing
         self._data = None
+        self._lock = threading.Lock()
         self._call(_PHASE_ANALYSE, np.zeros(self.indices.shape[0]), None)
 
     def factor(self, data: np.ndarray) -> None:
@@ -68,9 +70,10 @@ class PardisoHandle:
 
     def solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
         """``M^{-1} b`` or ``M^{-T} b`` for ``b`` of shape ``(n,)`` or ``(n, k)``."""
-        self.iparm[11] = 2 if transposed else 0
         bf = np.asfortranarray(b, dtype=np.float64)
-        x = self._call(_PHASE_SOLVE, self._data, bf)
+        with self._lock:  # iparm[11] selects the orientation: one solve at a time per handle
+            self.iparm[11] = 2 if transposed else 0
+            x = self._call(_PHASE_SOLVE, self._data, bf)
         return np.ascontiguousarray(x)
 
     def release(self) -> None:
