@@ -80,6 +80,7 @@ __all__ = [
     "SpluFactorization",
     "PardisoFactorization",
     "KrylovSolver",
+    "krylov_restart",
 ]
 
 METHODS = ("auto", "dense", "splu", "pardiso", "krylov")
