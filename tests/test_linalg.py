@@ -153,8 +153,10 @@ def test_zero_rhs(method, n):
 
 
 def test_choose_method(monkeypatch):
+    monkeypatch.setattr(linalg, "PARDISO_MIN_N", 5000)
     for have_pardiso, lu in ((False, "splu"), (True, "pardiso")):
         monkeypatch.setattr(linalg._pardiso, "available", lambda: have_pardiso)
+        assert choose_method(grid_M(60)) == "splu"  # 3600 states < PARDISO_MIN_N
         assert choose_method(random_M(100, 0.9)) == "dense"
         assert choose_method(grid_M(100)) == lu  # 10^4-state grid
         assert choose_method(random_M(10_000, 0.9, k=8)) == "krylov"  # expander
