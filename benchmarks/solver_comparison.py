@@ -222,9 +222,8 @@ def candidates(S: int, family: str):
         # need tens of GB, so the direct methods are left out on RL^2 chains
         del out["fastmeta pardiso"]
     if S > 200_000:
-        # pyamg+SciPy lose 8-14x and value iteration 15-45x at 10^5 (both scale at best
-        # linearly): not rerun at 10^6 on a shared machine; PARDISO's fill on expanders
-        # (RL^2) at 10^6 would not fit beside the other jobs.
+        # pyamg+SciPy lose 11-24x and value iteration 27x on the 10^5 grid (neither scales
+        # better than linearly): not rerun at 10^6 on a shared machine.
         if family == "grid":
             out["fastmeta splu"] = FastmetaCand("splu")
         return out
