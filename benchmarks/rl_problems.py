@@ -48,7 +48,14 @@ def random_mdps(n_states: int, seed: int = 0):
                                       n_features=N_FEATURES, seed=seed)
 
 
-PROBLEMS = {"grid": gridworld, "random": random_mdps}
+def gridworld_map(n_states: int, seed: int = 0):
+    """:func:`gridworld` with the RBF features computed on the fly (no (S, A, d) array)."""
+    import fastmeta
+    return fastmeta.tasks.gridworld_goals(n_tasks=N_TASKS, size=grid_side(n_states), slip=0.1, gamma=GAMMA,
+                                          features="rbf", n_features=N_FEATURES, feature_map=True, seed=seed)
+
+
+PROBLEMS = {"grid": gridworld, "gridmap": gridworld_map, "random": random_mdps}
 
 
 def fastmeta_model(tasks, phi, solver: str = "auto"):

@@ -214,7 +214,7 @@ def replay_workload(Ms, R, MU, per, method, plan=None, **kw):
     return time.perf_counter() - t0, tset, out
 
 
-def workload_section(Ns, methods=("splu", "krylov"), reps=3):
+def workload_section(Ns, methods=("splu", "pardiso", "krylov"), reps=3):
     for N in Ns:
         data = capture_workload(N)
         plan = linalg.analyse(data[0][0])
@@ -276,7 +276,7 @@ if __name__ == "__main__":
             f = linalg.factorize(M, "krylov", plan=plan)
             print(k, [(lv.n, lv.indices.shape[0]) for lv in f._hier.levels])
         for ns, cyc in [(1, 1), (2, 1), (1, 2), (2, 2)]:
-            linalg.AMG_NSWEEP, linalg.AMG_GAMMA = ns, cyc
+            linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, cyc
             for k, M in Ms.items():
                 r = krylov_run(M, plan, 1e-10)
                 print(ns, cyc, k, f"setup {r['setup']:.3f} solve {r['solve']:.3f} ({r['its']}) T {r['solveT']:.3f} ({r['itsT']})", flush=True)

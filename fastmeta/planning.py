@@ -8,13 +8,21 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import rl as _k
-from ._validation import check_choice, check_int
-from .linalg import METHODS
+from ._validation import check_int
 from .mdp import TabularMDP
+from .visitation import _SOLVER_DOC, _solver
 
 
-def optimal_policy(task: TabularMDP, *, solver: str = "auto", max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
+def optimal_policy(task: TabularMDP, *, solver: str = "auto", max_iter: int = 1000, rtol: float = 1e-11,
+                   atol: float = 0.0, maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Deterministic optimal policy of ``task`` by policy iteration.
+
+    Parameters
+    ----------
+    task : TabularMDP
+    max_iter : int
+        Maximum number of policy-iteration steps.
+    {solver}
 
     Returns
     -------
@@ -25,22 +33,19 @@ def optimal_policy(task: TabularMDP, *, solver: str = "auto", max_iter: int = 10
     J : float
         zeta^T V, the task's optimal expected total reward J_i*.
     """
-    from .rl import PolicyPattern
-
     owner = "optimal_policy"
     if not isinstance(task, TabularMDP):
         raise TypeError(f"The 'task' parameter of {owner} must be a TabularMDP. Got {type(task).__name__} instead.")
-    solver = check_choice(solver, "solver", METHODS, owner)
     max_iter = check_int(max_iter, "max_iter", owner, low=1)
     S, A = task.shape
-    pattern = PolicyPattern.build(task.P, S, A, solver, 1e-11, None)
+    factor = _solver(task, owner, solver, rtol, atol, maxiter)
     action = np.argmax(task.r, axis=1)
     r_pi, Q = np.empty(S), np.empty((S, A))
     for _ in range(max_iter):
         pi = np.zeros((S, A))
         pi[np.arange(S), action] = 1.0
         _k.policy_average(pi, task.r, r_pi)
-        V = pattern.factorize(task.P, pi, task.gamma).solve(r_pi) * (1.0 - task.gamma)
+        V = factor(pi).solve(r_pi) * (1.0 - task.gamma)
         _k.bellman_q(task.P.indptr, task.P.indices, task.P.data, task.r, V, task.gamma, Q)
         # Keep the current action unless another is strictly better: guarantees termination.
         best = np.argmax(Q, axis=1)
@@ -49,3 +54,6 @@ def optimal_policy(task: TabularMDP, *, solver: str = "auto", max_iter: int = 10
             return pi, V, float(task.init @ V)
         action = np.where(improve, best, action)
     raise RuntimeError(f"{owner}: policy iteration did not converge in {max_iter} iterations.")
+
+
+optimal_policy.__doc__ = optimal_policy.__doc__.replace("{solver}", _SOLVER_DOC)

@@ -12,7 +12,7 @@ solve with M = I - gamma P_pi:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,11 +20,20 @@ import scipy.sparse as sp
 from . import linalg
 from ._kernels import rl as _k
 from ._kernels import rl_batched as _kb
-from ._validation import as_float_array, check_choice
+from ._validation import as_float_array, check_choice, check_int, check_real_scalar
 from .mdp import TabularMDP
 
 EXPLICIT_LIMIT = 4096
 """Largest S*A for which :func:`explicit_family` agrees to build the dense family."""
+
+_SOLVER_DOC = """solver : {"auto", "dense", "splu", "pardiso", "krylov"}, default "auto"
+        Linear solver for M = I - gamma P_pi (see :func:`fastmeta.linalg.choose_method`).
+    rtol, atol : float, default 1e-11 and 0
+        Tolerances of the iterative solver ("krylov"): it stops when
+        ||b - M x|| <= max(rtol ||b||, atol); the direct solvers are exact to rounding.
+    maxiter : int or None
+        Iteration cap of the iterative solver (default 1000); exceeding it raises
+        :class:`fastmeta.linalg.SolverError`."""
 
 
 def _policy(task: TabularMDP, pi: Any, owner: str) -> np.ndarray:
@@ -60,37 +69,75 @@ def _dense_enough(task: TabularMDP, solver: str) -> bool:
                                  (S <= linalg.DENSE_MAX_N_DENSEISH and 10 * task.P.nnz >= A * S * S))
 
 
-def _factor(task: TabularMDP, pi: np.ndarray, solver: str) -> Any:
+def _solver(task: TabularMDP, owner: str, solver: Any, rtol: Any, atol: Any, maxiter: Any) -> Callable:
+    """Validate the solver arguments of ``owner``; returns ``pi -> factorisation of I - gamma P_pi``.
+
+    The pattern analysis is done once here, so policy iteration pays it once; a matrix
+    that goes to a dense LU needs none (the sparse pattern of a dense S = 500 input alone
+    costs 8x the whole solve), so M is then written densely straight from P's rows.
+    """
     from .rl import PolicyPattern
 
+    solver = check_choice(solver, "solver", linalg.METHODS, owner)
+    rtol = check_real_scalar(rtol, "rtol", owner, low=0.0, high=1.0, low_open=False)
+    atol = check_real_scalar(atol, "atol", owner, low=0.0, low_open=False)
+    if rtol == 0.0 and atol == 0.0:
+        raise ValueError(f"The 'rtol' and 'atol' parameters of {owner} must not both be 0. Got 0 and 0 instead.")
+    maxiter = None if maxiter is None else check_int(maxiter, "maxiter", owner, low=1)
     if _dense_enough(task, solver):
-        # A dense LU needs no symbolic analysis: M is written densely straight from P's rows
-        # (the sparse pattern of a dense S = 500 input alone costs 8x the whole solve).
         S = task.n_states
-        M = np.empty((S, S))
-        _kb.dense_policy_matrix(task.P.indptr, task.P.indices, task.P.data, 0, pi, task.gamma, M)
-        return linalg.factorize(sp.csr_matrix(M), "dense")
-    pattern = PolicyPattern.build(task.P, task.n_states, task.n_actions, solver, 1e-11, None)
-    return pattern.factorize(task.P, pi, task.gamma)
+
+        def dense_factor(pi: np.ndarray) -> Any:
+            M = np.empty((S, S))
+            _kb.dense_policy_matrix(task.P.indptr, task.P.indices, task.P.data, 0, pi, task.gamma, M)
+            return linalg.factorize(sp.csr_matrix(M), "dense")
+
+        return dense_factor
+    pattern = PolicyPattern.build(task.P, task.n_states, task.n_actions, solver, rtol, maxiter)
+
+    def factor(pi: np.ndarray) -> Any:
+        return linalg.factorize(pattern.matrix(task.P, pi, task.gamma), pattern.method, rtol=rtol, atol=atol,
+                                maxiter=maxiter, plan=pattern.plan)
+
+    return factor
 
 
-def evaluate_policy(task: TabularMDP, pi: Any, *, solver: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """V (S,), Q (S, A) and A = Q - V of pi with the (1-gamma) normalisation (2.1)-(2.3)."""
+def evaluate_policy(task: TabularMDP, pi: Any, *, solver: str = "auto", rtol: float = 1e-11,
+                    atol: float = 0.0, maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V (S,), Q (S, A) and A = Q - V of pi with the (1-gamma) normalisation (2.1)-(2.3).
+
+    Parameters
+    ----------
+    task : TabularMDP
+    pi : ndarray of shape (S, A)
+    {solver}
+
+    Returns
+    -------
+    V, Q, A : ndarray
+    """
     pi = _policy(task, pi, "evaluate_policy")
-    solver = check_choice(solver, "solver", linalg.METHODS, "evaluate_policy")
     r_pi = np.empty(task.n_states)
     _k.policy_average(pi, task.r, r_pi)
-    V = _factor(task, pi, solver).solve(r_pi) * (1.0 - task.gamma)
+    V = _solver(task, "evaluate_policy", solver, rtol, atol, maxiter)(pi).solve(r_pi) * (1.0 - task.gamma)
     Q = np.empty(task.shape)
     _k.bellman_q(task.P.indptr, task.P.indices, task.P.data, task.r, V, task.gamma, Q)
     return V, Q, Q - V[:, None]
 
 
-def visitation(task: TabularMDP, pi: Any, *, init: Any = None, solver: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def visitation(task: TabularMDP, pi: Any, *, init: Any = None, solver: str = "auto", rtol: float = 1e-11,
+               atol: float = 0.0, maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """State visitation nu (2.4) and state-action visitation sigma = nu pi.
 
     ``init`` replaces the task's zeta (e.g. by a signed measure: the result is then
     linear in it).
+
+    Parameters
+    ----------
+    task : TabularMDP
+    pi : ndarray of shape (S, A)
+    init : ndarray of shape (S,), optional
+    {solver}
 
     Returns
     -------
@@ -110,13 +157,13 @@ def visitation(task: TabularMDP, pi: Any, *, init: Any = None, solver: str = "au
     ((9,), (9, 4), 1.0)
     """
     pi = _policy(task, pi, "visitation")
-    solver = check_choice(solver, "solver", linalg.METHODS, "visitation")
     zeta = task.init if init is None else as_float_array(init, "init", "visitation", shape=(task.n_states,))
-    nu = _factor(task, pi, solver).solve_transposed(zeta) * (1.0 - task.gamma)
+    nu = _solver(task, "visitation", solver, rtol, atol, maxiter)(pi).solve_transposed(zeta) * (1.0 - task.gamma)
     return nu, nu[:, None] * pi
 
 
-def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto") -> np.ndarray:
+def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto", rtol: float = 1e-11,
+                       atol: float = 0.0, maxiter: int | None = None) -> np.ndarray:
     """E_{(s',a') ~ sigma^{(s,a)}}[g(s', a')] for every (s, a), without building the family.
 
     Parameters
@@ -126,6 +173,7 @@ def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto
         The policy generating the family.
     g : ndarray of shape (S, A) or (S, A, k)
         A scalar or vector-valued function of (s', a').
+    {solver}
 
     Returns
     -------
@@ -147,29 +195,35 @@ def family_expectation(task: TabularMDP, pi: Any, g: Any, *, solver: str = "auto
     """
     owner = "family_expectation"
     pi = _policy(task, pi, owner)
-    solver = check_choice(solver, "solver", linalg.METHODS, owner)
     g = as_float_array(g, "g", owner)
     if g.shape[:2] != task.shape or g.ndim not in (2, 3) or (g.ndim == 3 and g.shape[2] == 0):
         raise ValueError(f"The 'g' parameter of {owner} must have shape (S, A) = {task.shape} or "
                          f"(S, A, k) = {task.shape + ('k',)} with k >= 1. "
                          f"Got shape {g.shape} instead.")
     G = g.reshape(task.n_states, task.n_actions, -1)
-    fac = _factor(task, pi, solver)
-    g_pi = np.einsum("sa,sak->sk", pi, G)
-    H = np.column_stack([fac.solve(np.ascontiguousarray(g_pi[:, j])) for j in range(G.shape[2])])
+    fac = _solver(task, owner, solver, rtol, atol, maxiter)(pi)
+    H = fac.solve(np.einsum("sa,sak->sk", pi, G))  # the k columns in one (S, k) solve
     out = (task.P @ H) * (1.0 - task.gamma)
     return out.reshape(g.shape)
 
 
-def family_mixture(task: TabularMDP, pi: Any, w: Any, *, solver: str = "auto") -> np.ndarray:
-    """The measure sum_{s,a} w(s, a) sigma^{(s,a)} on (s', a'), shape (S, A); one transposed solve."""
+def family_mixture(task: TabularMDP, pi: Any, w: Any, *, solver: str = "auto", rtol: float = 1e-11,
+                   atol: float = 0.0, maxiter: int | None = None) -> np.ndarray:
+    """The measure sum_{s,a} w(s, a) sigma^{(s,a)} on (s', a'), shape (S, A); one transposed solve.
+
+    Parameters
+    ----------
+    task : TabularMDP
+    pi : ndarray of shape (S, A)
+    w : ndarray of shape (S, A)
+    {solver}
+    """
     owner = "family_mixture"
     pi = _policy(task, pi, owner)
-    solver = check_choice(solver, "solver", linalg.METHODS, owner)
     w = as_float_array(w, "w", owner, shape=task.shape)
     mu = np.empty(task.n_states)
     _k.kernel_transpose_apply(task.P.indptr, task.P.indices, task.P.data, w, mu)
-    xi = _factor(task, pi, solver).solve_transposed(mu) * (1.0 - task.gamma)
+    xi = _solver(task, owner, solver, rtol, atol, maxiter)(pi).solve_transposed(mu) * (1.0 - task.gamma)
     return xi[:, None] * pi
 
 
@@ -189,3 +243,7 @@ def explicit_family(task: TabularMDP, pi: Any) -> np.ndarray:
     resolvent = np.linalg.inv(np.eye(S) - task.gamma * P_pi)
     state = (1.0 - task.gamma) * np.einsum("sat,tu->sau", P, resolvent)
     return state[:, :, :, None] * pi[None, None, :, :]
+
+
+for _fn in (evaluate_policy, visitation, family_expectation, family_mixture):
+    _fn.__doc__ = _fn.__doc__.replace("{solver}", _SOLVER_DOC)

@@ -155,19 +155,24 @@ def test_zero_rhs(method, n):
         assert f.iterations == 0
 
 
-def test_choose_method():
-    assert choose_method(random_M(100, 0.9)) == "dense"
-    assert choose_method(grid_M(100)) == "splu"  # 10^4-state grid
-    assert choose_method(random_M(10_000, 0.9, k=8)) == "krylov"  # expander
-    M = random_M(10_000, 0.9, k=8)
-    assert choose_method((M.indptr, M.indices, M.shape[0])) == "krylov"
-    plan = analyse(grid_M(100))
-    assert plan.method == "splu" and choose_method(plan) == "splu"
-    assert factorize(random_M(100, 0.9)).method == "dense"
-    assert set(linalg.METHODS) == {"auto", "dense", "splu", "krylov"}
+def test_choose_method(monkeypatch):
+    monkeypatch.setattr(linalg, "PARDISO_MIN_N", 5000)
+    for have_pardiso, lu in ((False, "splu"), (True, "pardiso")):
+        monkeypatch.setattr(linalg._pardiso, "available", lambda: have_pardiso)
+        assert choose_method(grid_M(60)) == "splu"  # 3600 states < PARDISO_MIN_N
+        assert choose_method(random_M(100, 0.9)) == "dense"
+        assert choose_method(grid_M(100)) == lu  # 10^4-state grid
+        assert choose_method(random_M(10_000, 0.9, k=8)) == "krylov"  # expander
+        M = random_M(10_000, 0.9, k=8)
+        assert choose_method((M.indptr, M.indices, M.shape[0])) == "krylov"
+        plan = analyse(grid_M(100))
+        assert plan.method == lu and choose_method(plan) == lu
+        assert factorize(random_M(100, 0.9)).method == "dense"
+    assert set(linalg.METHODS) == {"auto", "dense", "splu", "pardiso", "krylov"}
 
 
 def test_choose_method_large_is_krylov(monkeypatch):
+    monkeypatch.setattr(linalg._pardiso, "available", lambda: False)
     M = grid_M(40)  # 1600 states, grid-like
     assert choose_method(M) == "splu"
     monkeypatch.setattr(linalg, "SPLU_MAX_N", 1000)
@@ -322,3 +327,118 @@ def test_a_bad_warm_start_is_dropped():
     assert np.linalg.norm(M @ x_bad - b) <= 1e-9 * np.linalg.norm(b)
     fac.solve(b, x0=x_cold)
     assert fac.iterations <= 1
+
+
+# --------------------------------------------------------------------------
+# SciPy-aligned solver API: rtol/atol, callback, LinearOperator, iterations
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("rtol,atol", [(1e-6, 0.0), (1e-11, 0.0), (0.0, 1e-7), (1e-3, 1e-9)])
+def test_krylov_rtol_atol_honoured(rtol, atol):
+    """The true residual meets max(rtol ||b||, atol), and a looser tolerance stops earlier."""
+    M = grid_M(30, drift=True)
+    A = M.toarray()
+    b = np.random.default_rng(11).normal(size=(M.shape[0], 2))
+    f = factorize(M, "krylov", rtol=rtol, atol=atol)
+    X, XT = f.solve(b), f.solve_transposed(b)
+    bound = np.maximum(rtol * np.linalg.norm(b, axis=0), atol)
+    assert np.all(np.linalg.norm(b - A @ X, axis=0) <= bound)
+    assert np.all(np.linalg.norm(b - A.T @ XT, axis=0) <= bound)
+    tight = factorize(M, "krylov", rtol=1e-12)
+    tight.solve(b)
+    assert 0 < f.iterations <= tight.iterations
+    if max(rtol, atol) >= 1e-7:
+        assert f.iterations < tight.iterations
+
+
+def test_tol_is_the_former_name_of_rtol():
+    M = grid_M(20)
+    b = np.ones(M.shape[0])
+    a, c = factorize(M, "krylov", tol=1e-6), factorize(M, "krylov", rtol=1e-6)
+    np.testing.assert_array_equal(a.solve(b), c.solve(b))
+    assert a.rtol == 1e-6 and a.iterations == c.iterations
+    with pytest.raises(ValueError, match="rtol"):
+        factorize(M, "krylov", tol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="rtol and atol"):
+        factorize(M, "krylov", rtol=0.0, atol=0.0)
+
+
+def test_krylov_callback_reports_every_iteration():
+    M = grid_M(24, drift=True)
+    b = np.random.default_rng(12).normal(size=M.shape[0])
+    seen = []
+    f = factorize(M, "krylov", rtol=1e-10, callback=seen.append)
+    x = f.solve(b)
+    assert len(seen) == f.iterations > 0
+    assert all(isinstance(r, float) for r in seen)
+    assert seen[-1] <= 1.1e-10 * 10 and seen[0] > seen[-1]  # estimate of the relative residual
+    blk = []
+    g = factorize(M, "krylov", rtol=1e-10, callback=blk.append)
+    g.solve(np.column_stack([b, 2 * b]))
+    assert blk[0].shape == (2,)
+    np.testing.assert_allclose(blk[-1][0], blk[-1][1], rtol=1e-6)  # 2b: same relative residual
+    with pytest.raises(TypeError, match="callback"):
+        factorize(M, "krylov", callback=3)
+    np.testing.assert_allclose(M @ x, b, atol=1e-8)
+
+
+def test_krylov_accepts_a_linear_operator():
+    """A LinearOperator M, unpreconditioned or with a preconditioner operator, against the dense oracle."""
+    from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+    M = grid_M(12, gamma=0.9)  # unpreconditioned GMRES(12) stagnates on slow chains
+    A = M.toarray()
+    n = M.shape[0]
+    b = np.random.default_rng(13).normal(size=(n, 2))
+    op = aslinearoperator(M)
+    f = factorize(op, "krylov", rtol=1e-11, maxiter=5000)
+    assert f.preconditioner == "none"
+    np.testing.assert_allclose(f.solve(b), np.linalg.solve(A, b), rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(f.solve_transposed(b[:, 0]), np.linalg.solve(A.T, b[:, 0]), rtol=1e-8, atol=1e-9)
+    # Jacobi preconditioner as an operator: fewer iterations than none
+    d = 1.0 / M.diagonal()
+    jac = LinearOperator((n, n), matvec=lambda v: d * v.ravel(), rmatvec=lambda v: d * v.ravel(),
+                         matmat=lambda V: d[:, None] * V, rmatmat=lambda V: d[:, None] * V)
+    g = factorize(M, "krylov", rtol=1e-11, preconditioner=jac, maxiter=5000)
+    np.testing.assert_allclose(g.solve(b), np.linalg.solve(A, b), rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(g.solve_transposed(b), np.linalg.solve(A.T, b), rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="krylov"):
+        factorize(op, "splu")
+    with pytest.raises(ValueError, match="preconditioner"):
+        factorize(op, "krylov", preconditioner="amg")
+    with pytest.raises(TypeError, match="LinearOperator"):
+        factorize(A, "krylov")
+
+
+def test_krylov_restart_fits_the_basis_budget(monkeypatch):
+    assert linalg.krylov_restart(12, 1000, 4) == 12
+    assert linalg.krylov_restart(12, 10**6, 4) == 7   # 15 blocks of 32 MB <= 512 MiB
+    assert linalg.krylov_restart(12, 10**7, 4) == 2   # never below 2
+    assert linalg.krylov_restart(1, 10**7, 4) == 1
+    # a solve under a tiny budget still converges (restart 2)
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_BYTES", 8 * 576 * 5)
+    M = grid_M(24)
+    b = np.random.default_rng(14).normal(size=M.shape[0])
+    f = factorize(M, "krylov", rtol=1e-10)
+    np.testing.assert_allclose(M @ f.solve(b), b, atol=1e-8 * np.abs(b).max())
+    with pytest.raises(SolverError, match="GMRES\\(2\\)"):
+        factorize(M, "krylov", rtol=1e-14, maxiter=2).solve(b)
+
+
+@pytest.mark.parametrize("trans", [False, True])
+def test_pardiso_against_dense_oracle(trans):
+    pytest.importorskip("pypardiso")  # optional extra fastmeta[pardiso]
+    M = grid_M(30, drift=True)
+    A = M.toarray().T if trans else M.toarray()
+    plan = analyse(M)
+    B = np.random.default_rng(15).normal(size=(M.shape[0], 3))
+    for seed in range(3):  # one analysis, several numerical factorisations, two alive at once
+        M2 = grid_M(30, seed=seed)
+        A2 = M2.toarray().T if trans else M2.toarray()
+        f = factorize(M, "pardiso", plan=plan)
+        f2 = factorize(M2, "pardiso", plan=plan)
+        assert f.method == "pardiso"
+        solve, solve2 = (f.solve_transposed, f2.solve_transposed) if trans else (f.solve, f2.solve)
+        np.testing.assert_allclose(solve(B), np.linalg.solve(A, B), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(solve2(B[:, 0]), np.linalg.solve(A2, B[:, 0]), rtol=1e-10, atol=1e-10)
+        del f, f2
+    assert len(plan._pardiso_pool) == 2  # handles are reused, not re-analysed

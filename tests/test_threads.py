@@ -28,10 +28,16 @@ def test_an_explicit_omp_wait_policy_is_left_alone():
 
 def test_single_threaded_blas_restores_the_previous_counts():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from fastmeta._blas import single_threaded_blas
+    from fastmeta._blas import _controller, single_threaded_blas
+
+    # The libraries the limit governs: the BLAS loaded when fastmeta first factorises
+    # densely (SciPy's, which the dense LU calls). A BLAS loaded later by another package
+    # (e.g. MKL with pypardiso) is that package's business and is left alone.
+    governed = {lib.filepath for lib in _controller().lib_controllers if lib.user_api == "blas"}
 
     def counts():
-        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas" and lib["filepath"] in governed]
 
     before = counts()
     with single_threaded_blas():

@@ -75,3 +75,59 @@ def test_policy_iteration_finds_the_optimum():
             V0 = ((1 - gamma) * r + gamma * np.einsum("sat,t->sa", P, V0)).max(axis=1)
         np.testing.assert_allclose(V, V0, atol=1e-10)
         assert J == pytest.approx(init @ V0, abs=1e-10)
+
+
+def _ring_task(S=500, gamma=0.99):
+    """A sparse chain with one long cycle (forward/back/stay moves)."""
+    import scipy.sparse as sp
+
+    import fastmeta
+
+    s = np.arange(S)
+    rows = np.repeat(np.arange(3 * S), 1)
+    cols = np.concatenate([[(i + 1) % S, (i - 1) % S, i] for i in range(S)])
+    P = sp.csr_matrix((np.ones(3 * S), (rows, cols)), shape=(3 * S, S))
+    r = np.zeros((S, 3))
+    r[s % 7 == 0, 0] = 1.0
+    return fastmeta.TabularMDP(P, r, gamma, np.full(S, 1.0 / S))
+
+
+def test_solver_and_tolerances_reach_every_solving_function():
+    """rtol/atol/maxiter reach the iterative solver: loose tolerances move the values, tight ones agree
+    with the dense solve, and a too small maxiter raises."""
+    from fastmeta.linalg import SolverError
+    from fastmeta.planning import optimal_policy
+
+    task = _ring_task()
+    pi = naive.softmax(np.random.default_rng(3).normal(size=(500, 3)))
+    V_dense = vis.evaluate_policy(task, pi, solver="dense")[0]
+    nu_dense = vis.visitation(task, pi, solver="dense")[0]
+    V_tight = vis.evaluate_policy(task, pi, solver="krylov", rtol=1e-13)[0]
+    V_loose = vis.evaluate_policy(task, pi, solver="krylov", rtol=1e-4)[0]
+    np.testing.assert_allclose(V_tight, V_dense, rtol=0, atol=1e-12)
+    assert 1e-10 < np.abs(V_loose - V_dense).max() < 1e-2
+    nu_tight = vis.visitation(task, pi, solver="krylov", rtol=1e-13)[0]
+    np.testing.assert_allclose(nu_tight, nu_dense, rtol=0, atol=1e-13)
+    nu_atol = vis.visitation(task, pi, solver="krylov", rtol=0.0, atol=1e-3)[0]
+    assert np.abs(nu_atol - nu_dense).max() > 1e-12
+    w = np.random.default_rng(4).normal(size=(500, 3))
+    np.testing.assert_allclose(vis.family_mixture(task, pi, w, solver="krylov", rtol=1e-13),
+                               vis.family_mixture(task, pi, w, solver="dense"), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(vis.family_expectation(task, pi, w, solver="krylov", rtol=1e-13),
+                               vis.family_expectation(task, pi, w, solver="dense"), rtol=0, atol=1e-12)
+    for fn in (lambda **k: vis.evaluate_policy(task, pi, **k), lambda **k: vis.visitation(task, pi, **k),
+               lambda **k: vis.family_mixture(task, pi, w, **k), lambda **k: optimal_policy(task, **k)):
+        with pytest.raises(SolverError, match="maxiter=1"):
+            fn(solver="krylov", rtol=1e-13, maxiter=1)
+        with pytest.raises(ValueError, match="'rtol'"):
+            fn(rtol=-1.0)
+        with pytest.raises(ValueError, match="'rtol' and 'atol'"):
+            fn(rtol=0.0, atol=0.0)
+        with pytest.raises(ValueError, match="'maxiter'"):
+            fn(maxiter=0)
+        with pytest.raises(ValueError, match="'solver'"):
+            fn(solver="gmres")
+    pi_d, V_d, J_d = optimal_policy(task, solver="dense")
+    pi_k, V_k, J_k = optimal_policy(task, solver="krylov", rtol=1e-13)
+    np.testing.assert_array_equal(pi_k, pi_d)
+    np.testing.assert_allclose(V_k, V_d, rtol=0, atol=1e-12)

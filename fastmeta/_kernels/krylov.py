@@ -120,76 +120,51 @@ def gs_sweep(indptr, indices, data, invd, B, X, Xold, nblk, interior, forward): 
     only); inside a block the sweep is Gauss-Seidel in row order (ascending if
     ``forward``), couplings to other blocks use ``Xold`` (a copy of ``X`` made
     before the sweep).  The blocks are independent, so the result does not
-    depend on how they are scheduled: groups of 4 blocks run in parallel, and
-    for one vector (k = 1) the 4 blocks of a group are swept interleaved, row
-    by row, so that four independent dependency chains overlap in the CPU
-    (a Gauss-Seidel row waits for the previous row's result).
-    ``nblk == 1`` is plain Gauss-Seidel (``Xold`` unused).  ``invd = 1/diag(A)``;
-    ``interior[i]`` says that row ``i`` couples only to its own block (no test
-    per entry), see :func:`block_halo`.
+    depend on how they are scheduled over threads.  ``nblk == 1`` is plain
+    Gauss-Seidel (``Xold`` unused).  ``invd = 1/diag(A)``; ``interior[i]`` says
+    that row ``i`` couples only to its own block (no test per entry), see
+    :func:`block_halo`.
     """
     n = indptr.shape[0] - 1
     k = X.shape[1]
     bs = (n + nblk - 1) // nblk
-    ngrp = (nblk + 3) // 4
-    for gi in prange(ngrp):
-        c0 = gi * 4
-        nb = min(4, nblk - c0)
-        if k == 1:
-            for t in range(bs):
-                for q in range(nb):
-                    blo = (c0 + q) * bs
-                    bhi = min(n, blo + bs)
-                    if t >= bhi - blo:
-                        continue
-                    i = blo + t if forward else bhi - 1 - t
-                    s0 = B[i, 0]
-                    if nblk == 1 or interior[i]:
-                        for p in range(indptr[i], indptr[i + 1]):
-                            s0 -= data[p] * X[indices[p], 0]
-                    else:
-                        for p in range(indptr[i], indptr[i + 1]):
-                            j = indices[p]
-                            if j >= blo and j < bhi:
-                                s0 -= data[p] * X[j, 0]
-                            else:
-                                s0 -= data[p] * Xold[j, 0]
-                    X[i, 0] += s0 * invd[i]
-        else:
-            for q in range(nb):
-                blo = (c0 + q) * bs
-                bhi = min(n, blo + bs)
-                for t in range(bhi - blo):
-                    i = blo + t if forward else bhi - 1 - t
-                    s0 = B[i, 0]
-                    s1 = B[i, 1]
-                    s2 = B[i, 2] if k > 2 else 0.0
-                    s3 = B[i, 3] if k > 3 else 0.0
-                    inner = nblk == 1 or interior[i]
-                    for p in range(indptr[i], indptr[i + 1]):
-                        j = indices[p]
-                        a = data[p]
-                        if inner or (j >= blo and j < bhi):
-                            s0 -= a * X[j, 0]
-                            s1 -= a * X[j, 1]
-                            if k > 2:
-                                s2 -= a * X[j, 2]
-                            if k > 3:
-                                s3 -= a * X[j, 3]
-                        else:
-                            s0 -= a * Xold[j, 0]
-                            s1 -= a * Xold[j, 1]
-                            if k > 2:
-                                s2 -= a * Xold[j, 2]
-                            if k > 3:
-                                s3 -= a * Xold[j, 3]
-                    d = invd[i]
-                    X[i, 0] += s0 * d
-                    X[i, 1] += s1 * d
+    for q in prange(nblk):
+        blo = q * bs
+        bhi = min(n, blo + bs)
+        for t in range(max(0, bhi - blo)):
+            i = blo + t if forward else bhi - 1 - t
+            s0 = B[i, 0]
+            s1 = B[i, 1] if k > 1 else 0.0
+            s2 = B[i, 2] if k > 2 else 0.0
+            s3 = B[i, 3] if k > 3 else 0.0
+            inner = nblk == 1 or interior[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                a = data[p]
+                if inner or (j >= blo and j < bhi):
+                    s0 -= a * X[j, 0]
+                    if k > 1:
+                        s1 -= a * X[j, 1]
                     if k > 2:
-                        X[i, 2] += s2 * d
+                        s2 -= a * X[j, 2]
                     if k > 3:
-                        X[i, 3] += s3 * d
+                        s3 -= a * X[j, 3]
+                else:
+                    s0 -= a * Xold[j, 0]
+                    if k > 1:
+                        s1 -= a * Xold[j, 1]
+                    if k > 2:
+                        s2 -= a * Xold[j, 2]
+                    if k > 3:
+                        s3 -= a * Xold[j, 3]
+            d = invd[i]
+            X[i, 0] += s0 * d
+            if k > 1:
+                X[i, 1] += s1 * d
+            if k > 2:
+                X[i, 2] += s2 * d
+            if k > 3:
+                X[i, 3] += s3 * d
 
 
 @sized
@@ -202,43 +177,33 @@ def gs_sweep_zero(indptr, indices, data, invd, B, X, nblk):  # pragma: no cover 
     n = indptr.shape[0] - 1
     k = X.shape[1]
     bs = (n + nblk - 1) // nblk
-    ngrp = (nblk + 3) // 4
-    for gi in prange(ngrp):
-        c0 = gi * 4
-        nb = min(4, nblk - c0)
-        for q in range(nb):
-            blo = (c0 + q) * bs
-            bhi = min(n, blo + bs)
-            for i in range(blo, bhi):
-                d = invd[i]
-                if k == 1:
-                    s0 = B[i, 0]
-                    for p in range(indptr[i], indptr[i + 1]):
-                        j = indices[p]
-                        if j < i and j >= blo:
-                            s0 -= data[p] * X[j, 0]
-                    X[i, 0] = s0 * d
-                else:
-                    s0 = B[i, 0]
-                    s1 = B[i, 1]
-                    s2 = B[i, 2] if k > 2 else 0.0
-                    s3 = B[i, 3] if k > 3 else 0.0
-                    for p in range(indptr[i], indptr[i + 1]):
-                        j = indices[p]
-                        if j < i and j >= blo:
-                            a = data[p]
-                            s0 -= a * X[j, 0]
-                            s1 -= a * X[j, 1]
-                            if k > 2:
-                                s2 -= a * X[j, 2]
-                            if k > 3:
-                                s3 -= a * X[j, 3]
-                    X[i, 0] = s0 * d
-                    X[i, 1] = s1 * d
+    for q in prange(nblk):
+        blo = q * bs
+        bhi = min(n, blo + bs)
+        for i in range(blo, bhi):
+            s0 = B[i, 0]
+            s1 = B[i, 1] if k > 1 else 0.0
+            s2 = B[i, 2] if k > 2 else 0.0
+            s3 = B[i, 3] if k > 3 else 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if j < i and j >= blo:
+                    a = data[p]
+                    s0 -= a * X[j, 0]
+                    if k > 1:
+                        s1 -= a * X[j, 1]
                     if k > 2:
-                        X[i, 2] = s2 * d
+                        s2 -= a * X[j, 2]
                     if k > 3:
-                        X[i, 3] = s3 * d
+                        s3 -= a * X[j, 3]
+            d = invd[i]
+            X[i, 0] = s0 * d
+            if k > 1:
+                X[i, 1] = s1 * d
+            if k > 2:
+                X[i, 2] = s2 * d
+            if k > 3:
+                X[i, 3] = s3 * d
 
 
 @jit

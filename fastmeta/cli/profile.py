@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..rl import SOLVERS
 from . import _types
 
 
@@ -109,7 +110,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="gridworld goals sharing one kernel, or RL^2-style random MDPs (default: grid)")
     p.add_argument("--gamma", type=_types.real(0.0, 1.0), default=0.99,
                    help="discount factor, in (0, 1) (default: 0.99)")
-    p.add_argument("--solver", choices=("auto", "batched", "dense", "splu", "krylov"), default="auto",
+    p.add_argument("--solver", choices=SOLVERS, default="auto",
                    help="linear solver for M = I - gamma P_pi (default: auto)")
     p.add_argument("--repeats", type=_types.integer(1), default=3,
                    help="gradients timed per stage, median reported (default: 3)")

@@ -1,5 +1,5 @@
 """Task families: generators of TabularMDP and SLTask lists, feature maps, and samplers of fresh tasks."""
-from .features import grid_rbf_features, one_hot_features, random_features
+from .features import GridRBFFeatureMap, OneHotFeatureMap, grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
 from .linear_gaussian import linear_gaussian_sampler, linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
@@ -7,6 +7,8 @@ from .sampler import TaskSampler
 from .sinusoid import embed_inputs, fourier_embedding, sinusoid_sampler, sinusoid_tasks
 
 __all__ = [
+    "GridRBFFeatureMap",
+    "OneHotFeatureMap",
     "grid_rbf_features",
     "gridworld_goals",
     "gridworld_kernel",

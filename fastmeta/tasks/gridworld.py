@@ -1,12 +1,14 @@
 """Gridworld goal families: shared slippery dynamics, a goal per task."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_choice, check_int, check_real_scalar, check_seed
 from ..mdp import TabularMDP
-from .features import grid_rbf_features, one_hot_features, random_features
+from .features import GridRBFFeatureMap, OneHotFeatureMap, grid_rbf_features, one_hot_features, random_features
 
 ACTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 """Moves of the four actions: up, down, left, right (row, column offsets)."""
@@ -47,7 +49,8 @@ def gridworld_kernel(size: int, slip: float = 0.1) -> sp.csr_matrix:
 def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamma: float = 0.99,
                     goal_region: tuple[float, float, float, float] | None = None,
                     start: str = "uniform", features: str = "rbf", n_features: int = 32,
-                    seed: int | np.random.Generator = 0) -> tuple[list[TabularMDP], np.ndarray]:
+                    feature_map: bool = False,
+                    seed: int | np.random.Generator = 0) -> tuple[list[TabularMDP], Any]:
     """A family of gridworld tasks that differ in their goal cell.
 
     All tasks share one kernel (one canonical copy in memory, and one main-effect
@@ -76,18 +79,28 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
         features, or tabular one-hot (d = 4 S; ``n_features`` ignored).
     n_features : int
         Feature dimension d for "rbf" (a multiple of 4) and "random".
+    feature_map : bool
+        Return the features as an object that computes them on the fly
+        (:class:`GridRBFFeatureMap` or :class:`OneHotFeatureMap`, for "rbf" and
+        "onehot") instead of an (S, 4, d) array: no feature storage, which
+        makes 10^7 states fit in memory.  Same energies and gradients.
     seed : int or numpy.random.Generator
 
     Returns
     -------
     tasks : list of TabularMDP
-    phi : ndarray of shape (S, 4, d)
+    phi : ndarray of shape (S, 4, d) or feature-map object
     """
     owner = "gridworld_goals"
     n = check_int(n_tasks, "n_tasks", owner, low=1)
     N = check_int(size, "size", owner, low=1)
     start = check_choice(start, "start", ("uniform", "center", "corner"), owner)
     features = check_choice(features, "features", ("rbf", "random", "onehot"), owner)
+    if not isinstance(feature_map, (bool, np.bool_)):
+        raise TypeError(f"The 'feature_map' parameter of {owner} must be a bool. Got {feature_map!r} instead.")
+    if feature_map and features == "random":
+        raise ValueError(f"The 'feature_map' parameter of {owner} needs features 'rbf' or 'onehot' "
+                         "(random features must be stored). Got features='random'.")
     rng = check_seed(seed, "seed", owner)
     S, A = N * N, len(ACTIONS)
     r0, r1, c0, c1 = (0.0, 1.0, 0.0, 1.0) if goal_region is None else _check_region(goal_region, owner)
@@ -109,7 +122,9 @@ def gridworld_goals(n_tasks: int = 4, size: int = 10, *, slip: float = 0.1, gamm
         r = np.zeros((S, A))
         r[g, :] = 1.0
         tasks.append(TabularMDP(P, r, gamma, init))
-    if features == "rbf":
+    if feature_map:
+        phi = GridRBFFeatureMap(N, A, n_features) if features == "rbf" else OneHotFeatureMap(S, A)
+    elif features == "rbf":
         phi = grid_rbf_features(N, A, n_features)
     elif features == "random":
         phi = random_features(S, A, n_features, rng)
