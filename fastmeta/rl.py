@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from . import linalg
 from ._kernels import rl as _k
 from ._optim import FitResult, StepSize, run_gradient_method
-from ._validation import check_choice, check_int, check_nonempty_list, check_real_scalar
+from ._validation import as_float_array, check_choice, check_int, check_nonempty_list, check_real_scalar
 from .energy import Energy
 from .mdp import TabularMDP
 
@@ -233,6 +233,36 @@ class MetaRL:
         """dL/df(s, a): the gradient with respect to the energy values, shape (S, A)."""
         theta = self.model.check_params(theta, _OWNER)
         return self._run(theta, want_grad=True)[1]
+
+    def value_and_grad_energy(self, f: Any) -> tuple[float, np.ndarray]:
+        """L and dL/df for an energy array f given directly, bypassing the model.
+
+        This is the whole meta-RL computation as a function of the energy values,
+        which is what an autodiff framework needs from a custom operation (see
+        :mod:`fastmeta.jax` and :mod:`fastmeta.torch`): the framework computes f with
+        its own network and maps dL/df to that network's parameters.
+
+        Parameters
+        ----------
+        f : array_like of shape (S, A)
+            Energy values f(s, a); finite.
+
+        Returns
+        -------
+        value : float
+            The meta-objective L of (3.4).
+        grad : ndarray of shape (S, A)
+            dL/df(s, a), float64.
+        """
+        owner = "MetaRL.value_and_grad_energy"
+        f = as_float_array(f, "f", owner, shape=(self.n_states, self.n_actions))
+        pi = self._main_policy(f)
+        total, grad = 0.0, np.zeros_like(f)
+        for group in self._groups:
+            for trace in self._group(group, f, pi, want_grad=True, keep=False, grad_out=grad):
+                total += trace.J_i
+        grad /= len(self.tasks)
+        return total / len(self.tasks), grad
 
     def trace(self, theta: Any, task: int = 0) -> TaskTrace:
         """All intermediate quantities of one task at theta (policies, values, measures)."""
