@@ -1,11 +1,15 @@
 """Task families: generators of TabularMDP lists and feature maps."""
 from .features import grid_rbf_features, one_hot_features, random_features
 from .gridworld import gridworld_goals, gridworld_kernel
+# Reading a Gymnasium table needs no Gymnasium import; frozenlake_family imports it when called.
+from .gymnasium import from_gymnasium, frozenlake_family
 from .linear_gaussian import linear_gaussian_tasks
 from .random_mdp import random_kernel, random_mdps
 from .sinusoid import embed_inputs, fourier_embedding, sinusoid_tasks
 
 __all__ = [
+    "from_gymnasium",
+    "frozenlake_family",
     "grid_rbf_features",
     "gridworld_goals",
     "gridworld_kernel",
