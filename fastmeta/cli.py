@@ -31,7 +31,8 @@ def _peak_mb() -> float:
 
 def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = 300, eta: float = 20.0, tau: float = 1.0,
                 gamma: float = 0.95, lr: float = 60.0, seed: int = 0, plot: str | None = "fastmeta_demo.png",
-                checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict:
+                checkpoint: str | None = None, resume: bool = False, progress: bool = True,
+                family: str = "grid") -> dict:
     """Meta-train a linear energy on a gridworld goal family and report what it bought.
 
     Goals lie in the bottom-right quadrant of a ``size`` x ``size`` slippery grid and
@@ -40,19 +41,26 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = 300, eta: flo
     meta-learned prior with the uniform prior it started from, with random priors,
     and with the mean of the tasks' own optima J_i* (each task solved exactly by
     policy iteration, knowing its goal), on the training goals and on held-out goals.
+    ``family="frozenlake"`` uses random Gymnasium FrozenLake maps instead
+    (:func:`fastmeta.tasks.gymnasium.frozenlake_demo_problem`).
     """
     import fastmeta
     from fastmeta.planning import optimal_policy
 
-    family = dict(size=size, gamma=gamma, goal_region=(0.5, 1.0, 0.5, 1.0), start="center", features="onehot")
     rng = np.random.default_rng(seed)
-    train, phi = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **family)
-    held_out, _ = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **family)
+    if family == "frozenlake":
+        from fastmeta.tasks.gymnasium import frozenlake_demo_problem
+
+        train, held_out, phi, text = frozenlake_demo_problem(n_tasks, size, gamma=gamma, seed=rng)
+    else:
+        grid = dict(size=size, gamma=gamma, goal_region=(0.5, 1.0, 0.5, 1.0), start="center", features="onehot")
+        train, phi = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **grid)
+        held_out, _ = fastmeta.tasks.gridworld_goals(n_tasks, seed=rng, **grid)
+        text = f"{n_tasks} gridworld goal tasks, {size}x{size} grid (S={size * size}, A=4), d={phi.shape[2]} one-hot features"
     model = fastmeta.LinearEnergy(phi)
     meta = fastmeta.MetaRL(train, model, tau=tau, eta=eta)
     meta_test = fastmeta.MetaRL(held_out, model, tau=tau, eta=eta)
-    print(f"fastmeta demo: {n_tasks} gridworld goal tasks, {size}x{size} grid (S={size * size}, A=4), "
-          f"d={model.n_params} one-hot features, tau={tau:g}, eta={eta:g}, gamma={gamma:g}")
+    print(f"fastmeta demo: {text}, tau={tau:g}, eta={eta:g}, gamma={gamma:g}")
     start = time.perf_counter()
     result = meta.fit(steps=steps, lr=lr, checkpoint=checkpoint, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
@@ -158,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="meta-train on the built-in default problem and report")
     demo.add_argument("--sl", action="store_true", help="the meta-SL demo (two-layer ReLU on sinusoids)")
+    demo.add_argument("--family", choices=("grid", "frozenlake"), default="grid",
+                      help="meta-RL tasks: gridworld goals, or random Gymnasium FrozenLake maps (needs gymnasium)")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     demo.add_argument("--steps", type=int, default=None, help="meta-RL: steps of Algorithm 1 (default 300)")
     demo.add_argument("--seed", type=int, default=0)
@@ -185,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_sl_demo(seed=args.seed, quick=args.quick, out=args.out)
         else:
             steps = args.steps if args.steps is not None else (10 if args.quick else 300)
+            # FrozenLake pays 1 only at a distant goal: values are ~100x smaller, so is the gradient.
+            lake = dict(family="frozenlake", size=6, lr=1e4) if args.family == "frozenlake" else {}
             run_rl_demo(steps=steps, seed=args.seed, plot=args.plot or None, checkpoint=args.checkpoint,
-                        resume=args.resume)
+                        resume=args.resume, **lake)
         return 0
     report = run_profile(states=args.states, actions=args.actions, features=args.features, tasks=args.tasks,
                          family=args.family, gamma=args.gamma, solver=args.solver, repeats=args.repeats)

@@ -198,3 +198,21 @@ def test_importing_fastmeta_imports_no_optional_framework():
             "print(sorted(m for m in ('jax', 'torch', 'gymnasium') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_frozenlake_demo_learns_a_prior(capsys):
+    from fastmeta.cli import main, run_rl_demo
+
+    report = run_rl_demo(family="frozenlake", n_tasks=4, size=4, steps=20, lr=1e4, plot=None, progress=False)
+    uniform, learned = report["rows"]["uniform prior (theta = 0)"], report["rows"]["meta-learned prior"]
+    assert learned[0] > 2 * uniform[0]
+    assert "FrozenLake maps" in capsys.readouterr().out
+    assert main(["demo", "--family", "frozenlake", "--quick", "--plot", ""]) == 0
+
+
+def test_docs_example_runs():
+    from .bridge_cases import python_blocks, run_child
+
+    out = run_child(python_blocks("gymnasium.md"), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "optimal J" in out.stdout and "meta-objective L" in out.stdout
