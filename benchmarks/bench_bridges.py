@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--publish", action="store_true", help="write bench_results/bridges.md")
+    parser.add_argument("--render", metavar="JSON", help="only render the tables from a saved run's .json")
     args = parser.parse_args(argv)
     if args.child:
         kind, framework, n, repeats = args.child[0], args.child[1], int(args.child[2]), int(args.child[3])
@@ -245,6 +246,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
         return 0
 
+    out = ROOT / "bench_results" / "bridges.md" if args.publish else Path("/tmp/fastmeta_bench_bridges.md")
+    if args.render:  # tables again from a saved run, e.g. once the hang study has been published
+        run = json.loads(Path(args.render).read_text())
+    else:
+        run = measure(args)
+        out.with_suffix(".json").write_text(json.dumps(run, indent=1))
+    text = render(run)
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run every child and return the results with the conditions they were measured in."""
     # PyTorch's OpenMP threads spin between parallel regions unless told otherwise (fastmeta sets
     # this for itself on import, too late if torch was imported first): both sides get it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -259,11 +275,18 @@ def main(argv: list[str] | None = None) -> int:
             results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats)], args.timeout)
             print(fw, n, results["step"][f"{fw}-{n}"], flush=True)
     load_after = os.getloadavg()
+    return {"started": started, "conditions": conditions(), "load_before": load_before, "load_after": load_after,
+            "repeats": args.repeats, "step_repeats": args.step_repeats, "results": results}
 
+
+def render(run: dict) -> str:
+    """bench_results/bridges.md from a run's results (and the hang study's, when published)."""
+    results, started = run["results"], run["started"]
+    load_before, load_after = run["load_before"], run["load_after"]
     lines = ["# The JAX and PyTorch bridges: overhead and a training step", "",
              f"Measured {started} with `PYTHONPATH=. python benchmarks/bench_bridges.py --publish` "
-             f"(repeats {args.repeats} for the overhead, {args.step_repeats} per training step).",
-             f"Machine: {conditions()}.",
+             f"(repeats {run['repeats']} for the overhead, {run['step_repeats']} per training step).",
+             f"Machine: {run['conditions']}.",
              f"Load average (1, 5, 15 min) before: {load_before[0]:.1f}, {load_before[1]:.1f}, {load_before[2]:.1f}; "
              f"after: {load_after[0]:.1f}, {load_after[1]:.1f}, {load_after[2]:.1f}. The machine is shared with "
              "other jobs: compare the ratios, measured side by side in one process, not the absolute times.", "",
@@ -300,13 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| case | runs | hangs | too slow | errors |", "| --- | --- | --- | --- | --- |"]
         for case, s in study["summary"].items():
             lines.append(f"| {case} | {s['runs']} | {s['hangs']} | {s.get('too_slow', 0)} | {s['errors']} |")
-    text = "\n".join(lines) + "\n"
-    out = ROOT / "bench_results" / "bridges.md" if args.publish else Path("/tmp/fastmeta_bench_bridges.md")
-    out.write_text(text)
-    (out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
-    print(text)
-    print(f"written to {out}")
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

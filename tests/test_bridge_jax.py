@@ -150,3 +150,10 @@ def test_docs_example_runs():
     out = run_child(python_blocks("jax.md"), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "meta-objective" in out.stdout
+
+
+def test_optax_example_runs():
+    out = run_child("import runpy, sys; sys.argv = ['example', '--steps', '3']; "
+                    "runpy.run_path('examples/jax_mlp_optax.py', run_name='__main__')", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "after 3 Adam steps" in out.stdout
