@@ -161,6 +161,7 @@ def child_step_torch(n_states: int, repeats: int) -> dict:
     err = max_rel_diff([g.numpy() for g in g_bridge], [g.numpy() for g in g_native])
     out = interleaved({"bridge": bridge, "native": native}, repeats)
     out["max_rel_grad_diff"] = err
+    out["solver"] = ", ".join(meta.solver_methods)
     return out
 
 
@@ -205,6 +206,7 @@ def child_step_jax(n_states: int, repeats: int) -> dict:
     out = interleaved({"bridge": lambda: jax.block_until_ready(bridge_vg(params)),
                        "native": lambda: jax.block_until_ready(native_vg(params))}, repeats)
     out["max_rel_grad_diff"] = err
+    out["solver"] = ", ".join(meta.solver_methods)
     return out
 
 
@@ -327,17 +329,21 @@ def render(run: dict) -> str:
               "load noise of the whole gradient (several percent either way here) would otherwise hide.", "",
               f"## Training step: MLP energy ({D} -> {HIDDEN} -> {HIDDEN} -> 1, tanh, float64), forward + "
               "meta-objective + backward", "",
-              "| S | framework | fastmeta bridge | native dense | native / bridge | max rel. gradient difference |",
+              "| S | framework | fastmeta bridge (solver) | native dense | native / bridge | max rel. gradient difference |",
               "| --- | --- | --- | --- | --- | --- |"]
     for key, res in results["step"].items():
         fw, n = key.split("-")
         if "error" in res:
             lines.append(f"| {n} | {fw} | | | {res['error']} | |")
         else:
-            lines.append(f"| {n} | {fw} | {ms(res['bridge']['median'])} | {ms(res['native']['median'])} | "
+            lines.append(f"| {n} | {fw} | {ms(res['bridge']['median'])} ({res.get('solver', '?')}) | "
+                         f"{ms(res['native']['median'])} | "
                          f"{res['native']['ratio']:.1f}x | {res['max_rel_grad_diff']:.1e} |")
     lines += ["", "Target: the bridge is faster (native / bridge > 1) at S >= 300. The gradient column checks "
-              "that both steps compute the same gradient."]
+              "that both steps compute the same gradient. The solver is the one fastmeta's `solver=\"auto\"` "
+              "chose: where it is dense LU, fastmeta and the native code do the same LAPACK work per "
+              "policy, and the step times are those factorisations (on this loaded machine, much slower than "
+              "their flop count suggests, on both sides)."]
     hangs = ROOT / "bench_results" / "bridge_hangs.json"
     if hangs.exists():
         study = json.loads(hangs.read_text())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import selectors
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--publish", action="store_true", help="write bench_results/bridge_hangs.json")
     args = parser.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
     results = []
     for run in range(args.runs):  # cases interleaved, so load changes hit all of them alike
         for case in args.cases:
@@ -152,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                for case in args.cases}
     print(json.dumps(summary, indent=1))
     out = ROOT / "bench_results" / "bridge_hangs.json" if args.publish else Path("/tmp/fastmeta_bridge_hangs.json")
-    out.write_text(json.dumps({"calls": args.calls, "stall": args.stall, "summary": summary, "runs": results},
-                              indent=1))
+    machine = (f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+               f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (each run's in 'runs')")
+    out.write_text(json.dumps({"command": "benchmarks/bridge_hang_study.py " + " ".join(argv or sys.argv[1:]),
+                               "started": started, "machine": machine, "calls": args.calls, "stall": args.stall,
+                               "summary": summary, "runs": results}, indent=1))
     print(f"written to {out}")
     return 0
 
