@@ -242,7 +242,8 @@ def conditions() -> str:
             f"numba {numba.__version__} (threads {numba.config.NUMBA_NUM_THREADS}, warm cache), "
             f"jax {version('jax')}, torch {version('torch')}; "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 
 
 def ms(x: float) -> str:
@@ -286,10 +287,12 @@ def measure(args: argparse.Namespace) -> dict:
     # PyTorch's OpenMP threads spin between parallel regions unless told otherwise (fastmeta sets
     # this for itself on import, too late if torch was imported first): both sides get it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # OpenBLAS's worker threads busy-wait; on a machine with more runnable threads than cores
-    # that made the dense LU of S = 300 (fastmeta's "auto" choice there) 5-40x slower, varying
-    # from run to run. One BLAS thread gives steadier figures for both sides.
+    # OpenBLAS's worker threads busy-wait, and PyTorch's intra-op pool fights for the cores too: on
+    # a machine with more runnable threads than cores they made dense LU at S = 300 5-100x slower,
+    # varying from run to run (fastmeta's side and PyTorch's alike). One BLAS thread and one
+    # OpenMP thread per library give steadier figures for both sides.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()
     results = {"overhead": {}, "step": {}}
