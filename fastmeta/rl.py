@@ -53,7 +53,7 @@ from ._kernels import rl as _k
 from ._rl_batch import _Batch, make_batches
 from ._kernels._config import needs_compiling
 from ._optim import FitResult, StepSize, digest, run_gradient_method
-from ._validation import (check_choice, check_computed_finite, check_int, check_nonempty_list,
+from ._validation import (as_float_array, check_choice, check_computed_finite, check_int, check_nonempty_list,
                           check_real_scalar)
 from .energy import Energy
 from .mdp import TabularMDP
@@ -307,6 +307,37 @@ class MetaRL:
         """dL/df(s, a): the gradient with respect to the energy values, shape (S, A)."""
         theta = self.model.check_params(theta, _OWNER)
         return self._run(theta, want_grad=True)[1]
+
+    def value_and_grad_energy(self, f: Any) -> tuple[float, np.ndarray]:
+        """L and dL/df for an energy array f given directly, bypassing the model.
+
+        This is the whole meta-RL computation as a function of the energy values,
+        which is what an autodiff framework needs from a custom operation (see
+        :mod:`fastmeta.jax` and :mod:`fastmeta.torch`): the framework computes f with
+        its own network and maps dL/df to that network's parameters.
+
+        Parameters
+        ----------
+        f : array_like of shape (S, A)
+            Energy values f(s, a); finite.
+
+        Returns
+        -------
+        value : float
+            The meta-objective L of (3.4).
+        grad : ndarray of shape (S, A)
+            dL/df(s, a), float64.
+        """
+        owner = "MetaRL.value_and_grad_energy"
+        f = as_float_array(f, "f", owner, shape=(self.n_states, self.n_actions),
+                           shape_text=f"(S, A) = ({self.n_states}, {self.n_actions})")
+        # A fresh writable C-order copy: a framework's buffer may be read-only or strided, and
+        # the kernels must see the array type they see from model.energy (same machine code).
+        f = np.array(f, dtype=np.float64, order="C", copy=True)
+        value, grad = self._combine(self._partials(f, range(len(self._units)), True))
+        check_computed_finite(value, "the meta-objective L", owner, _OVERFLOW_HINT)
+        check_computed_finite(grad, "dL/df", owner, _OVERFLOW_HINT)
+        return value, grad
 
     def trace(self, theta: Any, task: int = 0) -> TaskTrace:
         """All intermediate quantities of one task at theta (policies, values, measures)."""

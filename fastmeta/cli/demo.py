@@ -34,7 +34,8 @@ class _TrackedMetaRL(MetaRL):
 
 def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta: float = 20.0, tau: float = 1.0,
                 gamma: float = 0.95, lr: float = 60.0, seed: int = 0, plot: str | None = DEFAULT_PLOT,
-                checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict:
+                checkpoint: str | None = None, resume: bool = False, progress: bool = True,
+                family: str = "grid") -> dict:
     """Meta-train a linear energy on a gridworld goal family and report what it bought.
 
     Goals lie in the bottom-right quadrant of a ``size`` x ``size`` slippery grid and
@@ -43,7 +44,8 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
     compares the meta-objective L of the meta-learned prior with the uniform prior it
     started from, with random priors, and with the mean of the tasks' own optima J_i*
     (each task solved exactly by policy iteration, knowing its goal), on the training
-    goals and on held-out goals.
+    goals and on held-out goals. ``family="frozenlake"`` uses random Gymnasium
+    FrozenLake maps instead (:func:`fastmeta.tasks.gymnasium.frozenlake_demo_problem`).
 
     Returns
     -------
@@ -52,16 +54,24 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = RL_STEPS, eta
         (L on the training goals at every theta the run visited, the last one being
         the returned theta) and ``held_out`` (the same thetas on the held-out goals).
     """
-    family = dict(size=size, gamma=gamma, goal_region=(0.5, 1.0, 0.5, 1.0), start="center", features="onehot")
     rng = np.random.default_rng(seed)
-    train, phi = _tasks.gridworld_goals(n_tasks, seed=rng, **family)
-    held_out, _ = _tasks.gridworld_goals(n_tasks, seed=rng, **family)
+    if family == "frozenlake":
+        from ..tasks.gymnasium import frozenlake_demo_problem
+
+        train, held_out, phi, text = frozenlake_demo_problem(n_tasks, size, gamma=gamma, seed=rng)
+        meaning = L_MEANING.replace("task i's goal", "task i's goal (the G cell of its random map)")
+    else:
+        grid = dict(size=size, gamma=gamma, goal_region=(0.5, 1.0, 0.5, 1.0), start="center", features="onehot")
+        train, phi = _tasks.gridworld_goals(n_tasks, seed=rng, **grid)
+        held_out, _ = _tasks.gridworld_goals(n_tasks, seed=rng, **grid)
+        text = (f"{n_tasks} gridworld goal tasks, {size}x{size} grid (S={size * size}, A=4), "
+                f"d={phi.shape[2]} one-hot features")
+        meaning = L_MEANING
     model = LinearEnergy(phi)
     meta = _TrackedMetaRL(train, model, tau=tau, eta=eta)
     meta_test = MetaRL(held_out, model, tau=tau, eta=eta)
-    print(f"fastmeta demo: {n_tasks} gridworld goal tasks, {size}x{size} grid (S={size * size}, A=4), "
-          f"d={model.n_params} one-hot features, tau={tau:g}, eta={eta:g}, gamma={gamma:g}")
-    print(L_MEANING)
+    print(f"fastmeta demo: {text}, tau={tau:g}, eta={eta:g}, gamma={gamma:g}")
+    print(meaning)
     start = time.perf_counter()
     result = meta.fit(steps=steps, lr=lr, checkpoint=checkpoint, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
@@ -138,6 +148,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "and held-out goals. With --sl: MAML against joint pretraining on few-shot sinusoid "
                     "regression with the paper's two-layer ReLU network.")
     p.add_argument("--sl", action="store_true", help="run the meta-SL demo instead of meta-RL (default: off)")
+    p.add_argument("--family", choices=("grid", "frozenlake"), default="grid",
+                   help="meta-RL tasks: gridworld goals, or random Gymnasium FrozenLake maps "
+                        "(needs the gym extra) (default: grid)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 10 meta-RL steps, or for --sl fewer tasks and 300 steps (default: off)")
     p.add_argument("--steps", type=_types.integer(0), default=None,
@@ -160,6 +173,13 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Checks between options, before any work (usage error, exit status 2)."""
     if args.resume and args.checkpoint is None:
         parser.error("argument --resume: needs --checkpoint FILE to resume from")
+    if args.sl and args.family != "grid":
+        parser.error("argument --family: chooses the meta-RL tasks (drop --sl or --family)")
+    if args.family == "frozenlake":
+        try:
+            import gymnasium  # noqa: F401
+        except ImportError:
+            parser.error("argument --family: frozenlake needs Gymnasium (pip install 'fastmeta[gym]')")
     if args.sl and args.checkpoint is not None:
         parser.error("argument --checkpoint: only the meta-RL demo checkpoints (drop --sl or --checkpoint)")
 
@@ -172,8 +192,10 @@ def run(args: argparse.Namespace) -> int:
         result = run_sl_demo(seed=args.seed, quick=args.quick, steps=args.steps)
     else:
         steps = args.steps if args.steps is not None else (RL_QUICK_STEPS if args.quick else RL_STEPS)
+        # FrozenLake pays 1 only at a distant goal: values are ~100x smaller, so is the gradient.
+        lake = dict(family="frozenlake", size=6, lr=1e4) if args.family == "frozenlake" else {}
         result = run_rl_demo(steps=steps, seed=args.seed, plot=args.plot, checkpoint=args.checkpoint,
-                             resume=args.resume)
+                             resume=args.resume, **lake)
     if args.out is not None:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
