@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import math
+from abc import ABC, abstractmethod
 
 
 def format_value(x: float) -> str:
@@ -12,7 +13,7 @@ def format_value(x: float) -> str:
     return f"{x:.6g}"
 
 
-class TermReport:
+class TermReport(ABC):
     """Base of the gap reports: subclasses list their rows in ``_rows``.
 
     ``str(report)`` is a plain-text table, ``report._repr_html_()`` an HTML table for
@@ -22,9 +23,9 @@ class TermReport:
     title = ""
     notes: list[str]
 
+    @abstractmethod
     def _rows(self) -> list[tuple[str, str, float]]:
         """(attribute name, meaning, value) for every row."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict[str, float]:
         """Every scalar row as {attribute name: value}."""
