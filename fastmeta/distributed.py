@@ -278,21 +278,28 @@ class _Cluster:
         results: dict[int, Any] = {}
         rebuilt = 0
         while pending:
-            try:
-                dist.wait(list(pending.values()), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+            try:  # the usual case: everything finishes, and is gathered in one round trip
+                dist.wait(list(pending.values()), timeout=POLL_SECONDS)
             except Exception:  # noqa: BLE001 - a timeout or a cancelled future: the statuses below tell
                 pass
+            finished = [k for k, fut in pending.items() if fut.status == "finished"]
+            if finished:
+                try:
+                    values = client.gather([pending[k] for k in finished])
+                except Exception:  # noqa: BLE001 - lost between finishing and gathering: recomputed below
+                    values = None
+                if values is not None:
+                    for k, value in zip(finished, values):
+                        results[k] = value
+                        del pending[k]
+            if not pending:
+                break
             alive = set(self.workers())
             for k, fut in list(pending.items()):
                 shard = self.shards[k]
-                if fut.status == "finished":
-                    results[k] = fut.result()
-                    del pending[k]
-                    continue
                 lost = shard.worker not in alive or fut.status in ("cancelled", "lost")
                 if fut.status == "error":
-                    exc = fut.exception()
-                    if not _is_worker_loss(exc):
+                    if not _is_worker_loss(fut.exception()):
                         fut.result()  # a genuine error of the computation: raise it as is
                     lost = True
                 if not lost:
