@@ -102,8 +102,12 @@ def run_rl_demo(*, size: int = 10, n_tasks: int = 16, steps: int = 300, eta: flo
 
 def run_profile(*, states: int = 10_000, actions: int = 4, features: int = 32, tasks: int = 4,
                 family: str = "grid", gamma: float = 0.99, solver: str = "auto", repeats: int = 1,
-                seed: int = 0) -> dict:
-    """Time and memory of each stage of one meta-gradient on a generated problem."""
+                seed: int = 0, scheduler: str | None = None) -> dict:
+    """Time and memory of each stage of one meta-gradient on a generated problem.
+
+    With ``scheduler`` (a Dask scheduler address) the same gradient is also timed on
+    that cluster (:mod:`fastmeta.distributed`), with each worker's memory.
+    """
     import fastmeta
 
     report: dict[str, dict[str, float]] = {}
@@ -147,7 +151,12 @@ def run_profile(*, states: int = 10_000, actions: int = 4, features: int = 32, t
             grad_total += row["seconds"]
         print(f"  {name:<42}{row['seconds']:>10.4f}{row['rss_mb']:>10.0f}{row['peak_mb']:>10.0f}")
     print(f"  {'one meta-gradient (sum of stages)':<42}{grad_total:>10.4f}")
-    return {"stages": report, "gradient_seconds": grad_total, "methods": methods}
+    out = {"stages": report, "gradient_seconds": grad_total, "methods": methods}
+    if scheduler is not None:
+        from .distributed import profile_on_cluster
+
+        out["distributed"] = profile_on_cluster(scheduler, problem, meta.model, theta, repeats, solver=solver)
+    return out
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -176,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof.add_argument("--solver", choices=("auto", "batched", "dense", "splu", "krylov"), default="auto")
     prof.add_argument("--repeats", type=int, default=3)
     prof.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    prof.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="also time the gradient on the Dask cluster at ADDRESS (needs fastmeta[dist])")
 
     from .theory import command as bound_command
     bound_command.add_parser(sub)
@@ -195,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         resume=args.resume)
         return 0
     report = run_profile(states=args.states, actions=args.actions, features=args.features, tasks=args.tasks,
-                         family=args.family, gamma=args.gamma, solver=args.solver, repeats=args.repeats)
+                         family=args.family, gamma=args.gamma, solver=args.solver, repeats=args.repeats,
+                         scheduler=args.scheduler)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -682,3 +682,30 @@ def _reduce_rows(model: Any, rows: np.ndarray) -> np.ndarray:
     if isinstance(model, TwoLayerReLU):  # relu_meta sums in task order, then multiplies by 1/n
         return rows.sum(axis=0) * (1.0 / n)
     return rows.sum(axis=0) / n  # LinearModel, MLP (task_grad.sum(axis=0) / n) and MetaSL._run_generic
+
+
+def profile_on_cluster(scheduler: str, tasks: Sequence[TabularMDP], model: Any, theta: np.ndarray,
+                       repeats: int = 3, **settings: Any) -> dict:
+    """Set-up and gradient time of :class:`DaskMetaRL` on the cluster at ``scheduler``, with memory.
+
+    Used by ``fastmeta profile --scheduler ADDRESS``; prints a short report and returns it.
+    """
+    dist = _distributed()
+    with dist.Client(scheduler) as client:
+        t0 = time.perf_counter()
+        meta = DaskMetaRL(client, tasks, model, **settings)
+        setup = time.perf_counter() - t0
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            meta.value_and_grad(theta)
+            times.append(time.perf_counter() - t0)
+        memory = meta.memory_report()
+    report = {"scheduler": scheduler, "workers": len(memory), "setup_seconds": setup,
+              "gradient_seconds": float(np.median(times)), "memory": memory}
+    print(f"distributed on {scheduler}: {len(memory)} workers, set-up {setup:.3f} s, "
+          f"gradient {report['gradient_seconds']:.4f} s (median of {len(times)})")
+    for worker, entry in sorted(memory.items()):
+        print(f"  {worker:<40}{entry['n_tasks']:>6} tasks{entry['shard_bytes'] / 2**20:>10.1f} MiB shard"
+              f"{entry['rss_bytes'] / 2**20:>10.0f} MiB RSS")
+    return report

@@ -235,3 +235,17 @@ def test_bad_arguments(client):
         DaskMetaRL(client, tasks, fastmeta.LinearEnergy(phi), tau=-1.0)
     with pytest.raises(TypeError, match="'factory' parameter"):
         DaskMetaRL.from_factory(client, "not callable", [1], fastmeta.LinearEnergy(phi))
+
+
+def test_profile_command_with_scheduler(client, capsys, tmp_path):
+    from fastmeta import cli
+
+    out = tmp_path / "profile.json"
+    assert cli.main(["profile", "--states", "36", "--tasks", "3", "--features", "8", "--repeats", "1",
+                     "--scheduler", client.scheduler.address, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"distributed on {client.scheduler.address}: 2 workers" in printed
+    import json
+
+    report = json.loads(out.read_text())["distributed"]
+    assert report["gradient_seconds"] > 0 and sum(e["n_tasks"] for e in report["memory"].values()) == 3
