@@ -49,6 +49,15 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
     return times, out
 
 
+def _timed_partials(shard, f, want_grad):
+    """A shard's partials on its worker, with that worker's wall and CPU seconds."""
+    from fastmeta.distributed import _rl_partials
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    _rl_partials(shard, f, want_grad)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     import fastmeta
     from fastmeta.distributed import DaskMetaRL
@@ -67,13 +76,17 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     for _ in range(rounds):  # alternate, so a change of load hits both sides
         t_one += timed(lambda: one.value_and_grad(theta), repeats)[0]
         t_dist += timed(lambda: dist.value_and_grad(theta), repeats)[0]
+    cpu0 = time.process_time()
+    one.value_and_grad(theta)
+    one_cpu = time.process_time() - cpu0
+    shard_times = dist._cluster.map(_timed_partials, model.energy(theta), True)
     S, A = size * size, 4
     units = len(dist._unit_tasks)
     shards = len(dist._cluster.shards)
     return {"n": n, "S": S, "one": statistics.median(t_one), "dist": statistics.median(t_dist),
             "one_all": t_one, "dist_all": t_dist, "setup": setup, "units": units, "shards": shards,
             "bytes_out": shards * S * A * 8, "bytes_back": units * S * A * 8,
-            "solvers": one.solver_methods, "memory": dist.memory_report()}
+            "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report()}
 
 
 def main() -> None:
@@ -88,7 +101,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     load_before = os.getloadavg()
-    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None,
+    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0",
                            env={"NUMBA_NUM_THREADS": "1"})
     client = Client(cluster)
     try:
@@ -123,6 +136,13 @@ untimed call on each side first). Medians over {len(big['one_all'])} gradients (
 |---|---|---|---|---|---|---|---|
 {row(big)}
 {row(small)}
+
+Where the time goes (big problem, one more gradient each): one process used {big['one_cpu']:.2f} s of CPU;
+the workers' shards took {', '.join(f'{w:.2f} s wall / {c:.2f} s CPU' for w, c in big['shard_times'])}.
+A shard's CPU time well below its wall time means its worker waited for a core taken by
+other jobs; the split of the work itself is even. The speed-up the work split allows on
+two free cores is one-process CPU / largest shard CPU =
+{big['one_cpu'] / max(c for _, c in big['shard_times']):.2f}x.
 
 The second row is the overhead of a call where distribution cannot pay (n = 8, S = 100):
 {(small['dist'] - small['one']) * 1e3:.1f} ms per call more than one process (a Dask round trip:

@@ -87,7 +87,7 @@ def client():
     for make in SL_MODELS.values():
         model = make()
         _sl_reference(_sl_tasks(), model, fastmeta.MetaSL(_sl_tasks(), model).init_params(), 0)
-    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
+    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0")
     with Client(cluster) as c:
         yield c
     cluster.close()
@@ -202,6 +202,7 @@ def test_task_factory_builds_on_workers(client):
         L2, g2 = meta.value_and_grad(theta)
         assert L2 == L and np.array_equal(g2, g)
         assert meta._tag() == tag
+        assert [t.kernel_fingerprint for t in meta.local().tasks] == [t.kernel_fingerprint for t in tasks]
         report = meta.memory_report()
         assert sum(entry["n_tasks"] for entry in report.values()) == len(tasks)
         assert all(entry["rss_bytes"] > 0 for entry in report.values())
