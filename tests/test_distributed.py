@@ -84,6 +84,9 @@ def client():
     for make in RL_CASES.values():
         (tasks, phi), settings = make()
         _rl_reference(tasks, fastmeta.LinearEnergy(phi), settings, np.zeros(phi.shape[-1]), 0)
+    big = _slip_factory((40, 0))  # the solver "auto" picks for the worker-loss test's tasks
+    _rl_reference(big, fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0)), {},
+                  np.zeros(8), 0)
     for make in SL_MODELS.values():
         model = make()
         _sl_reference(_sl_tasks(), model, fastmeta.MetaSL(_sl_tasks(), model).init_params(), 0)
