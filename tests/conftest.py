@@ -71,4 +71,4 @@ def pytest_collection_modifyitems(config, items):
     compiled here (docs/scaling.md). Tests that compare two variants of a kernel bit
     for bit (serial against parallel) must not see one of each.
     """
-    items.sort(key=lambda item: item.module.__name__.endswith("test_distributed"))
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "").endswith("test_distributed"))
