@@ -60,6 +60,8 @@ def _timed_partials(shard, f, want_grad):
 
 def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     import fastmeta
+    import numba
+
     from fastmeta.distributed import DaskMetaRL
 
     tasks = tasks_with_own_kernels(n, size)
@@ -69,13 +71,24 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     t0 = time.perf_counter()
     dist = DaskMetaRL(client, tasks, model)
     setup = time.perf_counter() - t0
-    ref = one.value_and_grad(theta)  # also warms both sides
-    got = dist.value_and_grad(theta)
-    assert got[0] == ref[0] and np.array_equal(got[1], ref[1]), "distributed != one process"
-    t_one, t_dist = [], []
-    for _ in range(rounds):  # alternate, so a change of load hits both sides
+    serial = fastmeta.MetaRL(tasks, model, task_workers=1)  # what one worker does: one core
+
+    def one_core():
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return serial.value_and_grad(theta)
+        finally:
+            numba.set_num_threads(threads)
+
+    ref = one.value_and_grad(theta)  # also warms every side
+    for got in (dist.value_and_grad(theta), one_core()):
+        assert got[0] == ref[0] and np.array_equal(got[1], ref[1]), "distributed != one process"
+    t_one, t_dist, t_core = [], [], []
+    for _ in range(rounds):  # alternate, so a change of load hits every side
         t_one += timed(lambda: one.value_and_grad(theta), repeats)[0]
         t_dist += timed(lambda: dist.value_and_grad(theta), repeats)[0]
+        t_core += timed(one_core, repeats)[0]
     cpu0 = time.process_time()
     one.value_and_grad(theta)
     one_cpu = time.process_time() - cpu0
@@ -84,6 +97,7 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     units = len(dist._unit_tasks)
     shards = len(dist._cluster.shards)
     return {"n": n, "S": S, "one": statistics.median(t_one), "dist": statistics.median(t_dist),
+            "core": statistics.median(t_core),
             "one_all": t_one, "dist_all": t_dist, "setup": setup, "units": units, "shards": shards,
             "bytes_out": shards * S * A * 8, "bytes_back": units * S * A * 8,
             "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report()}
@@ -113,8 +127,9 @@ def main() -> None:
     load_after = os.getloadavg()
 
     def row(r: dict) -> str:
-        return (f"| {r['n']} | {r['S']} | {', '.join(r['solvers'])} | {r['one'] * 1e3:.1f} | {r['dist'] * 1e3:.1f} "
-                f"| {r['one'] / r['dist']:.2f}x | {r['units']} / {r['shards']} "
+        return (f"| {r['n']} | {r['S']} | {', '.join(r['solvers'])} | {r['core'] * 1e3:.1f} | {r['one'] * 1e3:.1f} "
+                f"| {r['dist'] * 1e3:.1f} | {r['core'] / r['dist']:.2f}x | {r['one'] / r['dist']:.2f}x "
+                f"| {r['units']} / {r['shards']} "
                 f"| {r['bytes_out'] / 1e6:.3g} / {r['bytes_back'] / 1e6:.3g} |")
 
     mem = "\n".join(f"| {w} | {e['n_tasks']} | {e['shard_bytes'] / 2**20:.1f} | {e['rss_bytes'] / 2**20:.0f} |"
@@ -127,17 +142,20 @@ to the one-process gradient.
 
 Conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
 machine shared with other jobs: load average {load_before[0]:.1f} before, {load_after[0]:.1f} after
-(1-minute). One process: MetaRL with {numba.get_num_threads()} Numba threads. Distributed: LocalCluster of
+(1-minute). One process: MetaRL with {numba.get_num_threads()} Numba threads (at S = 10^4 and A = 4 the
+tasks are below the kernels' parallel threshold, so MetaRL computes {numba.get_num_threads()} tasks at once on
+{numba.get_num_threads()} threads: it already uses both cores), and the same with 1 thread (`task_workers=1`,
+`numba.set_num_threads(1)`: what each worker does). Distributed: LocalCluster of
 2 worker processes, 1 thread each, NUMBA_NUM_THREADS=1 on the workers. Numba cache warm (one
 untimed call on each side first). Medians over {len(big['one_all'])} gradients (big problem) and
 {len(small['one_all'])} (small), the two sides alternating in rounds.
 
-| n tasks | S | solver | one process (ms) | 2 workers (ms) | speed-up | units / shards | MB out / back per call |
-|---|---|---|---|---|---|---|---|
+| n tasks | S | solver | one process, 1 core (ms) | one process, {numba.get_num_threads()} threads (ms) | 2 workers (ms) | speed-up vs 1 core | vs {numba.get_num_threads()} threads | units / shards | MB out / back per call |
+|---|---|---|---|---|---|---|---|---|---|
 {row(big)}
 {row(small)}
 
-Where the time goes (big problem, one more gradient each): one process used {big['one_cpu']:.2f} s of CPU;
+Where the time goes (big problem, one more gradient each): one process ({numba.get_num_threads()} threads) used {big['one_cpu']:.2f} s of CPU;
 the workers' shards took {', '.join(f'{w:.2f} s wall / {c:.2f} s CPU' for w, c in big['shard_times'])}.
 A shard's CPU time well below its wall time means its worker waited for a core taken by
 other jobs; the split of the work itself is even. The speed-up the work split allows on
