@@ -99,7 +99,7 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     return {"n": n, "S": S, "one": statistics.median(t_one), "dist": statistics.median(t_dist),
             "core": statistics.median(t_core),
             "one_all": t_one, "dist_all": t_dist, "setup": setup, "units": units, "shards": shards,
-            "bytes_out": shards * S * A * 8, "bytes_back": units * S * A * 8,
+            "bytes_out": shards * S * A * 8, "bytes_back": S * A * 8, "bytes_between": (shards - 1) * S * A * 8,
             "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report()}
 
 
@@ -130,7 +130,7 @@ def main() -> None:
         return (f"| {r['n']} | {r['S']} | {', '.join(r['solvers'])} | {r['core'] * 1e3:.1f} | {r['one'] * 1e3:.1f} "
                 f"| {r['dist'] * 1e3:.1f} | {r['core'] / r['dist']:.2f}x | {r['one'] / r['dist']:.2f}x "
                 f"| {r['units']} / {r['shards']} "
-                f"| {r['bytes_out'] / 1e6:.3g} / {r['bytes_back'] / 1e6:.3g} |")
+                f"| {r['bytes_out'] / 1e6:.3g} / {r['bytes_between'] / 1e6:.3g} / {r['bytes_back'] / 1e6:.3g} |")
 
     mem = "\n".join(f"| {w} | {e['n_tasks']} | {e['shard_bytes'] / 2**20:.1f} | {e['rss_bytes'] / 2**20:.0f} |"
                     for w, e in sorted(big["memory"].items()))
@@ -150,7 +150,7 @@ tasks are below the kernels' parallel threshold, so MetaRL computes {numba.get_n
 untimed call on each side first). Medians over {len(big['one_all'])} gradients (big problem) and
 {len(small['one_all'])} (small), the two sides alternating in rounds.
 
-| n tasks | S | solver | one process, 1 core (ms) | one process, {numba.get_num_threads()} threads (ms) | 2 workers (ms) | speed-up vs 1 core | vs {numba.get_num_threads()} threads | units / shards | MB out / back per call |
+| n tasks | S | solver | one process, 1 core (ms) | one process, {numba.get_num_threads()} threads (ms) | 2 workers (ms) | speed-up vs 1 core | vs {numba.get_num_threads()} threads | units / shards | MB per call: out / between workers / back |
 |---|---|---|---|---|---|---|---|---|---|
 {row(big)}
 {row(small)}

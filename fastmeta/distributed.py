@@ -93,6 +93,24 @@ def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tu
     return shard._partials(f, range(len(shard._units)), want_grad)
 
 
+def _fold(acc: tuple[float, np.ndarray | None] | None,
+          partials: list[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
+    """The running (sum of J_i, sum of dL_i/df) with a shard's unit partials added in unit order.
+
+    The additions are those of ``MetaRL._combine`` (a total from 0.0, the first gradient
+    copied, the next ones added in place), so the chain over the shards gives its bits.
+    """
+    total, grad = (0.0, None) if acc is None else (acc[0], None if acc[1] is None else acc[1].copy())
+    for J, g in partials:
+        total += J
+        if g is not None:
+            if grad is None:
+                grad = g.copy()
+            else:
+                grad += g
+    return total, grad
+
+
 def _describe_shard(shard: _ShardMetaRL) -> tuple[dict, list[str], dict]:
     """(checkpoint tag without the per-task entries, solver methods, normalised settings)."""
     tag = {k: v for k, v in shard._tag().items() if not k.startswith("tasks[")}
@@ -220,6 +238,21 @@ class _Shard:
     extra: dict = field(default_factory=dict)
 
 
+def _contiguous(costs: Sequence[float], n_shards: int) -> list[list[int]]:
+    """0..len(costs)-1 cut into at most ``n_shards`` non-empty runs of about equal cost, in order."""
+    n_shards = max(1, min(n_shards, len(costs)))
+    target = sum(costs) / n_shards
+    parts: list[list[int]] = [[]]
+    load = 0.0
+    for u, cost in enumerate(costs):
+        left = len(costs) - u  # units still to place, this one included
+        if parts[-1] and len(parts) < n_shards and (load >= target * len(parts) or left <= n_shards - len(parts)):
+            parts.append([])
+        parts[-1].append(u)
+        load += cost
+    return parts
+
+
 def _partition(costs: Sequence[float], n_shards: int) -> list[list[int]]:
     """Indices into ``costs`` cut into at most ``n_shards`` non-empty lists (largest first onto the lightest)."""
     n_shards = max(1, min(n_shards, len(costs)))
@@ -313,6 +346,56 @@ class _Cluster:
                 self.place(shard, self._lightest(alive, exclude=k))
                 pending[k] = submit(shard)
         return [results[k] for k in range(len(self.shards))]
+
+    def chain(self, compute: Callable, fold: Callable, *args: Any) -> Any:
+        """``fold`` of every shard's ``compute(state, *args)``, passed along the shards in order.
+
+        Every shard computes at once; then shard k folds its results into the running
+        value it receives from shard k - 1, on its own worker, so one value travels
+        between workers and one comes back. A lost shard is rebuilt and the chain run again.
+        """
+        dist = _distributed()
+        client = self.client
+        common = dict(allow_other_workers=False, pure=False)
+        rebuilt = 0
+        while True:
+            parts = [client.submit(compute, s.state, *args, workers=[s.worker], **common) for s in self.shards]
+            acc = None
+            for shard, part in zip(self.shards, parts):
+                acc = client.submit(fold, acc, part, workers=[shard.worker], **common)
+            while True:
+                try:
+                    dist.wait([acc], timeout=POLL_SECONDS)
+                except Exception:  # noqa: BLE001 - a timeout or a cancelled future: the statuses below tell
+                    pass
+                if acc.status == "finished":
+                    try:
+                        return acc.result()
+                    except Exception as exc:  # noqa: BLE001 - lost between finishing and gathering
+                        if not _is_worker_loss(exc):
+                            raise
+                        break
+                if acc.status == "error" and not _is_worker_loss(acc.exception()):
+                    acc.result()  # a genuine error of the computation: raise it as is
+                if self._lost(parts) or acc.status in ("error", "cancelled", "lost"):
+                    break
+            lost = self._lost(parts)
+            for future in parts + [acc]:
+                future.cancel()
+            rebuilt += 1
+            if rebuilt > MAX_REBUILDS:
+                raise RuntimeError(f"{self.owner}: shards were lost {rebuilt} times in one call; "
+                                   f"the workers keep dying (memory limit?).")
+            alive = set(self.workers())
+            for k in lost:
+                self.rebuilds += 1
+                self.place(self.shards[k], self._lightest(alive, exclude=k))
+
+    def _lost(self, parts: list[Any]) -> list[int]:
+        """Shards whose worker has left or whose computation died (raises with no worker left)."""
+        alive = set(self.workers())
+        return [k for k, (shard, part) in enumerate(zip(self.shards, parts))
+                if shard.worker not in alive or part.status in ("error", "cancelled", "lost")]
 
     def _lightest(self, alive: set[str], exclude: int) -> str:
         load = {w: 0 for w in alive}
@@ -447,7 +530,8 @@ class DaskMetaRL:
                             if self._batched else list(groups.values()))
         self._cluster = cluster = _Cluster(client, owner)
         cluster._submit_build = self._submit_build
-        for units in _partition([sum(metas[i][5] for i in u) for u in self._unit_tasks], len(cluster.workers())):
+        # Contiguous runs of units, so that the running sum can pass from shard to shard in unit order.
+        for units in _contiguous([sum(metas[i][5] for i in u) for u in self._unit_tasks], len(cluster.workers())):
             order = [i for u in units for i in self._unit_tasks[u]]
             local = {i: j for j, i in enumerate(order)}
             cluster.shards.append(_Shard(units, order, [[local[i] for i in self._unit_tasks[u]] for u in units]))
@@ -505,15 +589,12 @@ class DaskMetaRL:
 
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         f = self.model.energy(theta)
-        per_shard = self._cluster.map(_rl_partials, f, want_grad)
-        partials: list[Any] = [None] * len(self._unit_tasks)
-        for shard, results in zip(self._cluster.shards, per_shard):
-            for u, result in zip(shard.units, results):
-                partials[u] = result
-        # MetaRL._combine reads only the number of tasks: the one-process sum, in unit order.
-        combiner = MetaRL.__new__(MetaRL)
-        combiner.tasks = range(self.n_tasks)
-        return MetaRL._combine(combiner, partials)
+        total, grad = self._cluster.chain(_rl_partials, _fold, f, want_grad)
+        # The rest of MetaRL._combine: the sums (taken in unit order along the chain) over n.
+        n = self.n_tasks
+        if grad is not None:
+            grad /= n
+        return total / n, grad
 
     def fit(self, theta0: Any = None, steps: int = 100, lr: StepSize = 0.1, *, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,

@@ -146,7 +146,7 @@ def test_sl_equals_one_process_bit_for_bit(client, name):
 
 
 def test_worker_killed_during_gradient(client):
-    specs = [(40, seed) for seed in range(8)]
+    specs = [(40, seed) for seed in range(12)]
     tasks = [t for spec in specs for t in _slip_factory(spec)]
     model = fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0))
     theta = np.full(model.n_params, 0.1)
@@ -164,6 +164,9 @@ def test_worker_killed_during_gradient(client):
     call.join(120)
     L2, g2 = out["result"]
     assert L2 == L and np.array_equal(g2, g)
+    if meta.rebuilds == 0:  # the call beat the kill (a very fast machine): the next call meets the loss
+        L2, g2 = meta.value_and_grad(theta)
+        assert L2 == L and np.array_equal(g2, g)
     assert meta.rebuilds >= 1
     assert victim not in meta.placement
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
@@ -219,13 +222,22 @@ def test_task_factory_builds_on_workers(client):
 
 
 def test_no_worker_is_a_clear_error():
-    cluster = LocalCluster(processes=False, n_workers=0, dashboard_address=":0")
+    cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
     with Client(cluster) as c:
         tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=2, size=4, seed=0)
+        model = fastmeta.LinearEnergy(phi)
+        meta = DaskMetaRL(c, tasks, model)
+        meta.objective(model.init_params())
+        cluster.scale(0)
+        deadline = time.monotonic() + 30
+        while c.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.05)
         with pytest.raises(RuntimeError, match="no Dask worker is left"):
-            DaskMetaRL(c, tasks, fastmeta.LinearEnergy(phi))
+            meta.objective(model.init_params())
         with pytest.raises(RuntimeError, match="no Dask worker is left"):
-            DaskMetaRL.from_factory(c, _slip_factory, [(4, 0)], fastmeta.LinearEnergy(phi))
+            DaskMetaRL(c, tasks, model)
+        with pytest.raises(RuntimeError, match="no Dask worker is left"):
+            DaskMetaRL.from_factory(c, _slip_factory, [(4, 0)], model)
     cluster.close()
 
 
