@@ -10,13 +10,15 @@ Design
 * The work is cut exactly as one process cuts it: meta-RL into the units of
   :class:`fastmeta.MetaRL` (batches of small tasks, or groups of tasks sharing a
   kernel and a discount; a unit is never split), meta-SL into single tasks.
-* Units are partitioned once into shards, one per worker (largest first onto the
-  least loaded shard). Each shard lives on its worker between calls as the result
-  of a Dask task (a one-process MetaRL/MetaSL over the shard's tasks with the
-  client's units prescribed), so patterns and factorisation plans are built once.
-* A call ships only the energy f (meta-RL) or theta (meta-SL) and brings back
-  per-unit partial sums (meta-RL) or per-task rows (meta-SL); the client combines
-  them in unit (task) order with the one-process code.
+* Units are partitioned once into shards, one per worker (meta-RL: contiguous runs
+  of units). Each shard lives on its worker between calls as the result of a Dask
+  task (a one-process MetaRL/MetaSL over the shard's tasks with the client's units
+  prescribed), so patterns and factorisation plans are built once.
+* A call ships only the energy f (meta-RL) or theta (meta-SL). Meta-RL: every shard
+  computes its per-unit partials, then the running sum passes along the shards in
+  unit order with the additions of ``MetaRL._combine``, and one array comes back.
+  Meta-SL: every shard returns its tasks' loss and gradient rows, which the client
+  reduces as the model's kernel does.
 * Faults: the client keeps the recipe of every shard (its tasks, or the factory and
   specs that build them). A shard whose worker has left, or whose call failed
   because a worker died, is rebuilt on a live worker and its call re-sent; the call
@@ -109,6 +111,10 @@ def _fold(acc: tuple[float, np.ndarray | None] | None,
             else:
                 grad += g
     return total, grad
+
+
+def _compute_then_fold(state: Any, compute: Callable, fold: Callable, *args: Any) -> Any:
+    return fold(None, compute(state, *args))
 
 
 def _describe_shard(shard: _ShardMetaRL) -> tuple[dict, list[str], dict]:
@@ -359,9 +365,13 @@ class _Cluster:
         common = dict(allow_other_workers=False, pure=False)
         rebuilt = 0
         while True:
-            parts = [client.submit(compute, s.state, *args, workers=[s.worker], **common) for s in self.shards]
-            acc = None
-            for shard, part in zip(self.shards, parts):
+            # The first shard computes and starts the sum in one task (one round trip when alone).
+            first = self.shards[0]
+            parts = [client.submit(_compute_then_fold, first.state, compute, fold, *args, workers=[first.worker],
+                                   **common)]
+            parts += [client.submit(compute, s.state, *args, workers=[s.worker], **common) for s in self.shards[1:]]
+            acc = parts[0]
+            for shard, part in zip(self.shards[1:], parts[1:]):
                 acc = client.submit(fold, acc, part, workers=[shard.worker], **common)
             while True:
                 try:
