@@ -128,6 +128,18 @@ def test_rl_equals_one_process_bit_for_bit(client, case):
     assert placed == list(range(len(meta._unit_tasks)))
 
 
+def test_sl_checkpoint_of_one_process_resumes_distributed(client, tmp_path):
+    tasks, model = _sl_tasks(), SL_MODELS["linear"]()
+    path = tmp_path / "sl.npz"
+    whole = _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False))
+    _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=2, lr=0.1, progress=False,
+                                                                          checkpoint=path))
+    resumed = DaskMetaSL(client, tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False, checkpoint=path,
+                                                             resume=True)
+    _same_fit(resumed, whole)
+    assert resumed.extra["resumed_from"] == 2
+
+
 @pytest.mark.parametrize("name", sorted(SL_MODELS))
 def test_sl_equals_one_process_bit_for_bit(client, name):
     tasks, model = _sl_tasks(), SL_MODELS[name]()
