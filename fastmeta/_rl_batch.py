@@ -93,8 +93,13 @@ class _Batch:
 
 def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -> list[_Batch]:
     """Tasks in group order, cut into batches of at most ``BATCH_BYTES`` working memory."""
-    S, A = tasks[0].shape
+    return [_Batch([tasks[i] for i in batch], batch) for batch in batch_layout(tasks[0].shape, groups)]
+
+
+def batch_layout(shape: tuple[int, int], groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The task indices of every batch of :func:`make_batches` (from the shape and groups alone)."""
+    S, A = shape
     per_task = 8 * (S * S + 2 * S * A + S)  # a group's LU (at most one per task) + gradient slot + r, zeta
     cap = max(1, BATCH_BYTES // per_task)
     order = [i for group in groups for i in group]
-    return [_Batch([tasks[i] for i in order[lo:lo + cap]], order[lo:lo + cap]) for lo in range(0, len(order), cap)]
+    return [order[lo:lo + cap] for lo in range(0, len(order), cap)]

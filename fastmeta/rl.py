@@ -251,10 +251,13 @@ class MetaRL:
         self._batched = self.solver == "batched" or (self.solver == "auto" and S <= BATCH_MAX_STATES)
         # Work units, combined in this fixed order: batches of small tasks (one compiled
         # call each) or the sharing groups of the sparse path.
-        self._units: list[_Batch | list[int]] = (make_batches(self.tasks, self._groups) if self._batched
-                                                 else list(self._groups))
+        self._units: list[_Batch | list[int]] = self._make_units()
         if not self._batched:  # the symbolic analysis belongs to construction on this path
             self._task_pattern_list = self._build_patterns()
+
+    def _make_units(self) -> list[_Batch | list[int]]:
+        """The work units (see ``_units``); :mod:`fastmeta.distributed` prescribes them on workers."""
+        return make_batches(self.tasks, self._groups) if self._batched else list(self._groups)
 
     @property
     def _task_pattern(self) -> list[PolicyPattern]:

@@ -38,8 +38,11 @@ def grid_side(states: int) -> int:
 
 def run_profile(*, states: int = 10_000, actions: int = 4, features: int = 32, tasks: int = 4,
                 family: str = "grid", gamma: float = 0.99, solver: str = "auto", repeats: int = 1,
-                seed: int = 0) -> dict:
+                seed: int = 0, scheduler: str | None = None) -> dict:
     """Time and memory of each stage of one meta-gradient on a generated problem.
+
+    With ``scheduler`` (a Dask scheduler address) the same gradient is also timed on
+    that cluster (:mod:`fastmeta.distributed`), with each worker's memory.
 
     The grid family is square: it builds the grid whose side is the nearest integer
     to sqrt(``states``) and says so when that differs from ``states``.
@@ -88,7 +91,12 @@ def run_profile(*, states: int = 10_000, actions: int = 4, features: int = 32, t
             grad_total += row["seconds"]
         print(f"  {name:<42}{row['seconds']:>10.4f}{row['rss_mb']:>10.0f}{row['peak_mb']:>10.0f}")
     print(f"  {'one meta-gradient (sum of stages)':<42}{grad_total:>10.4f}")
-    return {"stages": report, "gradient_seconds": grad_total, "methods": methods, "states": states}
+    out = {"stages": report, "gradient_seconds": grad_total, "methods": methods, "states": states}
+    if scheduler is not None:
+        from ..distributed import profile_on_cluster
+
+        out["distributed"] = profile_on_cluster(scheduler, problem, meta.model, theta, repeats, solver=solver)
+    return out
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -117,6 +125,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_types.integer(0), default=0, help="random seed, >= 0 (default: 0)")
     p.add_argument("--json", type=_types.output_file, default=None,
                    help="also write the report as JSON to this file (default: none)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="also time the gradient on the Dask cluster at ADDRESS, e.g. tcp://host:8786, "
+                        "with each worker's memory (needs the dist extra) (default: none)")
     return p
 
 
@@ -127,13 +138,18 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                      "(use --family random for other counts)")
     if args.family == "grid" and args.features % 4:
         parser.error(f"argument --features: the grid family needs a multiple of 4, got {args.features}")
+    if args.scheduler is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            parser.error("argument --scheduler: needs Dask distributed (pip install 'fastmeta[dist]')")
 
 
 def run(args: argparse.Namespace) -> int:
     """Profile and optionally write the JSON report."""
     report = run_profile(states=args.states, actions=args.actions, features=args.features, tasks=args.tasks,
                          family=args.family, gamma=args.gamma, solver=args.solver, repeats=args.repeats,
-                         seed=args.seed)
+                         seed=args.seed, scheduler=args.scheduler)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

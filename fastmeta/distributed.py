@@ -1,0 +1,812 @@
+"""Meta-RL and meta-SL over a Dask cluster, bit-identical to one process.
+
+A meta-gradient is a sum of per-task terms given theta. :class:`DaskMetaRL` and
+:class:`DaskMetaSL` spread those terms over the workers of a ``dask.distributed``
+cluster and add them up on the client in the fixed order one process uses, so the
+results are the same bits whatever the number of workers (docs/scaling.md).
+
+Design
+------
+* The work is cut exactly as one process cuts it: meta-RL into the units of
+  :class:`fastmeta.MetaRL` (batches of small tasks, or groups of tasks sharing a
+  kernel and a discount; a unit is never split), meta-SL into single tasks.
+* Units are partitioned once into shards, one per worker (meta-RL: contiguous runs
+  of units). Each shard lives on its worker between calls as the result of a Dask
+  task (a one-process MetaRL/MetaSL over the shard's tasks with the client's units
+  prescribed), so patterns and factorisation plans are built once.
+* A call ships only the energy f (meta-RL) or theta (meta-SL). Meta-RL: every shard
+  computes its per-unit partials, then the running sum passes along the shards in
+  unit order with the additions of ``MetaRL._combine``, and one array comes back.
+  Meta-SL: every shard returns its tasks' loss and gradient rows, which the client
+  reduces as the model's kernel does.
+* Faults: the client keeps the recipe of every shard (its tasks, or the factory and
+  specs that build them). A shard whose worker has left, or whose call failed
+  because a worker died, is rebuilt on a live worker and its call re-sent; the call
+  returns the same bits. With no worker left a :class:`RuntimeError` says so.
+  ``fit`` with a checkpoint resumes on a new client after a whole-cluster restart
+  (the checkpoint tag is the one-process class's, so either resumes the other).
+
+Requires the ``dist`` extra: ``pip install "fastmeta[dist]"``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._kernels import sl as _ksl
+from ._optim import FitResult, StepSize, digest, run_gradient_method
+from ._rl_batch import _Batch, batch_layout
+from ._validation import check_computed_finite, check_nonempty_list
+from .mdp import TabularMDP
+from .rl import _OVERFLOW_HINT, BATCH_MAX_STATES, MetaRL
+from .sl import MetaSL, SLTask
+
+__all__ = ["DaskMetaRL", "DaskMetaSL"]
+
+POLL_SECONDS = 0.2
+"""How often a waiting call checks that the workers holding its shards are still alive."""
+MAX_REBUILDS = 20
+"""Rebuilds of lost shards allowed in one call before it gives up."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("fastmeta.distributed needs dask[distributed]: pip install 'fastmeta[dist]'") from exc
+    return distributed
+
+
+# ---------------------------------------------------------------------- worker side
+class _ShardMetaRL(MetaRL):
+    """A MetaRL over one shard's tasks whose units are prescribed (the client's units, local indices)."""
+
+    def __init__(self, tasks: list[TabularMDP], model: Any, layout: list[list[int]], **settings: Any):
+        self._layout = layout
+        super().__init__(tasks, model, **settings)
+
+    def _make_units(self) -> list[_Batch | list[int]]:
+        if self._batched:
+            return [_Batch([self.tasks[i] for i in unit], unit) for unit in self._layout]
+        return [list(unit) for unit in self._layout]
+
+
+def _factory_tasks(factory: Callable, picks: list[tuple[Any, list[int]]]) -> list[TabularMDP]:
+    """The tasks ``factory(spec)[j]`` for every (spec, [j, ...]) of ``picks``, in that order."""
+    tasks = []
+    for spec, positions in picks:
+        made = list(factory(spec))
+        tasks.extend(made[j] for j in positions)
+    return tasks
+
+
+def _build_rl(tasks: list[TabularMDP] | None, factory: Callable | None, picks: list | None,
+              layout: list[list[int]], model: Any, settings: dict) -> _ShardMetaRL:
+    if tasks is None:
+        tasks = _factory_tasks(factory, picks)
+    return _ShardMetaRL(tasks, model, layout, **settings)
+
+
+def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tuple[float, np.ndarray | None]]:
+    # A deserialised f may arrive read-only; numba compiles another specialisation for a
+    # read-only array, whose machine code may round differently. A writable C-order copy
+    # gives the kernels the array type they get from model.energy in one process.
+    f = np.array(f, dtype=np.float64, order="C", copy=True)
+    return shard._partials(f, range(len(shard._units)), want_grad)
+
+
+def _fold(acc: tuple[float, np.ndarray | None] | None,
+          partials: list[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
+    """The running (sum of J_i, sum of dL_i/df) with a shard's unit partials added in unit order.
+
+    The additions are those of ``MetaRL._combine`` (a total from 0.0, the first gradient
+    copied, the next ones added in place), so the chain over the shards gives its bits.
+    """
+    total, grad = (0.0, None) if acc is None else (acc[0], None if acc[1] is None else acc[1].copy())
+    for J, g in partials:
+        total += J
+        if g is not None:
+            if grad is None:
+                grad = g.copy()
+            else:
+                grad += g
+    return total, grad
+
+
+def _compute_then_fold(state: Any, compute: Callable, fold: Callable, *args: Any) -> Any:
+    return fold(None, compute(state, *args))
+
+
+def _describe_shard(shard: _ShardMetaRL) -> tuple[dict, list[str], dict]:
+    """(checkpoint tag without the per-task entries, solver methods, normalised settings)."""
+    tag = {k: v for k, v in shard._tag().items() if not k.startswith("tasks[")}
+    settings = dict(tau=shard.tau, eta=shard.eta, solver=shard.solver, tol=shard.tol, maxiter=shard.maxiter)
+    return tag, list(shard.solver_methods), settings
+
+
+def _describe_rl(factory: Callable, spec: Any) -> list[tuple]:
+    """What the client needs to know of the tasks ``factory(spec)`` without holding them."""
+    return [_task_meta(task) for task in factory(spec)]
+
+
+def _task_meta(task: Any) -> tuple:
+    if not isinstance(task, TabularMDP):
+        raise TypeError(f"A task factory of DaskMetaRL must return TabularMDP objects. "
+                        f"Got {type(task).__name__} instead.")
+    nbytes = task.P.data.nbytes + task.P.indices.nbytes + task.P.indptr.nbytes + task.r.nbytes + task.init.nbytes
+    return (task.kernel_fingerprint, task.gamma, digest(task.r), digest(task.init), task.shape, nbytes)
+
+
+class _ShardSL:
+    """One shard of a meta-SL problem; :meth:`rows` gives each of its tasks' loss and gradient row.
+
+    The built-in linear model and MLP fill per-task rows in one compiled call and then
+    sum them; the shard calls the same kernel on its own tasks, choosing the serial or
+    parallel variant by the whole problem's size (``full_rows``) as one process does, so
+    every row has the one-process bits. Other predictors run one task per call (a sum of
+    one row, divided by 1, is that row).
+    """
+
+    def __init__(self, tasks: list[SLTask], model: Any, settings: dict, full_rows: tuple[int, int]):
+        self.meta = MetaSL(tasks, model, **settings)
+        self.full_rows = full_rows
+        self.packs = None if self._fused() is not None else [self.meta.pack([task]) for task in tasks]
+
+    def _fused(self):
+        from .linear_model import _PARALLEL_WORK as LINEAR_WORK, LinearModel
+        from .models.mlp import _PARALLEL_WORK as MLP_WORK, MLP
+
+        model, (ns, nq) = self.meta.model, self.full_rows
+        if type(model) is LinearModel:
+            variant = "parallel" if ns * model.n_params >= LINEAR_WORK else "serial"
+            return lambda theta, *rest: getattr(_ksl.linear_meta, variant)(theta, *rest)
+        if type(model) is MLP:
+            from ._kernels import mlp as _kmlp
+
+            variant = "parallel" if (ns + nq) * model.n_params >= MLP_WORK else "serial"
+            return lambda theta, *rest: getattr(_kmlp.mlp_meta, variant)(theta, *model._layout, *rest)
+        return None
+
+    def rows(self, theta: np.ndarray, mode: int) -> tuple[np.ndarray, np.ndarray | None]:
+        meta = self.meta
+        n = meta.n_tasks
+        loss = np.empty(n)
+        grad = None if mode == _ksl.MODE_VALUE else np.empty((n, theta.shape[0]))
+        fused = self._fused()
+        if fused is not None:
+            p = meta._packed
+            fused(theta, p.Zs, p.ys, p.offs, p.Zq, p.yq, p.offq, meta.eta, meta._loss_code, mode, loss,
+                  np.empty((n, theta.shape[0])) if grad is None else grad)
+            return loss, grad
+        one = np.empty(1)
+        for j, packed in enumerate(self.packs):
+            if meta._meta_terms is not None:
+                g = meta._meta_terms(theta, packed, meta.eta, meta._loss_code, mode, one)
+            else:
+                g = meta._run_generic(theta, packed, mode, one)
+            loss[j] = one[0]
+            if grad is not None:
+                grad[j] = g
+        return loss, grad
+
+
+def _build_sl(tasks: list[SLTask], model: Any, settings: dict, full_rows: tuple[int, int]) -> _ShardSL:
+    return _ShardSL(tasks, model, settings, full_rows)
+
+
+def _sl_rows(shard: _ShardSL, theta: np.ndarray, mode: int):
+    theta = np.array(theta, dtype=np.float64, order="C", copy=True)   # writable, as in _rl_partials
+    return shard.rows(theta, mode)
+
+
+def _shard_bytes(shard: Any) -> int:
+    """Bytes of the arrays a shard holds (tasks, batches, packed data)."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(arr: Any) -> None:
+        nonlocal total
+        if isinstance(arr, np.ndarray) and id(arr) not in seen:
+            seen.add(id(arr))
+            total += arr.nbytes
+
+    if isinstance(shard, _ShardMetaRL):
+        for task in shard.tasks:
+            for arr in (task.P.data, task.P.indices, task.P.indptr, task.r, task.init):
+                add(arr)
+        for unit in shard._units:
+            if isinstance(unit, _Batch):
+                for arr in vars(unit).values():
+                    add(arr)
+        for pattern in shard._patterns.values():
+            for arr in (pattern.indptr, pattern.indices, pattern.nnz_map, pattern.diag_pos):
+                add(arr)
+    else:
+        for packed in [shard.meta._packed, *(shard.packs or [])]:
+            for arr in vars(packed).values():
+                add(arr)
+    return total
+
+
+def _worker_rss() -> int:
+    import psutil
+
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+# ---------------------------------------------------------------------- client side
+@dataclass
+class _Shard:
+    units: list[int]                       # indices of the client's units, ascending
+    tasks: list[int]                       # indices of the problem's tasks, in the shard's local order
+    layout: list[list[int]]                # every unit's tasks as local indices
+    worker: str | None = None
+    state: Any = None                      # the Future of the worker-side object
+    extra: dict = field(default_factory=dict)
+
+
+def _contiguous(costs: Sequence[float], n_shards: int) -> list[list[int]]:
+    """0..len(costs)-1 cut into at most ``n_shards`` non-empty runs of about equal cost, in order."""
+    n_shards = max(1, min(n_shards, len(costs)))
+    target = sum(costs) / n_shards
+    parts: list[list[int]] = [[]]
+    load = 0.0
+    for u, cost in enumerate(costs):
+        left = len(costs) - u  # units still to place, this one included
+        if parts[-1] and len(parts) < n_shards and (load >= target * len(parts) or left <= n_shards - len(parts)):
+            parts.append([])
+        parts[-1].append(u)
+        load += cost
+    return parts
+
+
+def _partition(costs: Sequence[float], n_shards: int) -> list[list[int]]:
+    """Indices into ``costs`` cut into at most ``n_shards`` non-empty lists (largest first onto the lightest)."""
+    n_shards = max(1, min(n_shards, len(costs)))
+    load = [0.0] * n_shards
+    parts: list[list[int]] = [[] for _ in range(n_shards)]
+    for u in sorted(range(len(costs)), key=lambda u: (-costs[u], u)):
+        k = min(range(n_shards), key=lambda k: (load[k], k))
+        parts[k].append(u)
+        load[k] += costs[u]
+    return [sorted(p) for p in parts if p]
+
+
+class _Cluster:
+    """Shards on workers: placement, calls with fault recovery, memory report (shared by RL and SL)."""
+
+    def __init__(self, client: Any, owner: str):
+        dist = _distributed()
+        if not isinstance(client, dist.Client):
+            raise TypeError(f"The 'client' parameter of {owner} must be a dask.distributed.Client. "
+                            f"Got {type(client).__name__} instead.")
+        self.client, self.owner = client, owner
+        self.shards: list[_Shard] = []
+        self.rebuilds = 0
+
+    def workers(self) -> list[str]:
+        workers = sorted(self.client.nthreads())
+        if not workers:
+            raise RuntimeError(f"{self.owner}: no Dask worker is left in the cluster at "
+                               f"{self.client.scheduler.address}; start workers (or a new cluster) "
+                               f"and call again, or resume fit from its checkpoint.")
+        return workers
+
+    def place(self, shard: _Shard, worker: str) -> None:
+        shard.worker = worker
+        shard.state = self._submit_build(shard, worker)
+
+    def _submit_build(self, shard: _Shard, worker: str) -> Any:  # set by the owner
+        raise NotImplementedError
+
+    def place_all(self) -> None:
+        workers = self.workers()
+        for k, shard in enumerate(self.shards):
+            self.place(shard, workers[k % len(workers)])
+        self.client.gather([s.state for s in self.shards])  # build errors surface here, once
+
+    def map(self, fn: Callable, *args: Any) -> list[Any]:
+        """``fn(shard_state, *args)`` on every shard, where it lives; results in shard order."""
+        dist = _distributed()
+        client = self.client
+
+        def submit(shard: _Shard) -> Any:
+            return client.submit(fn, shard.state, *args, workers=[shard.worker], allow_other_workers=False,
+                                 pure=False)
+
+        pending = {k: submit(shard) for k, shard in enumerate(self.shards)}
+        results: dict[int, Any] = {}
+        rebuilt = 0
+        while pending:
+            try:  # the usual case: everything finishes, and is gathered in one round trip
+                dist.wait(list(pending.values()), timeout=POLL_SECONDS)
+            except Exception:  # noqa: BLE001 - a timeout or a cancelled future: the statuses below tell
+                pass
+            finished = [k for k, fut in pending.items() if fut.status == "finished"]
+            if finished:
+                try:
+                    values = client.gather([pending[k] for k in finished])
+                except Exception:  # noqa: BLE001 - lost between finishing and gathering: recomputed below
+                    values = None
+                if values is not None:
+                    for k, value in zip(finished, values):
+                        results[k] = value
+                        del pending[k]
+            if not pending:
+                break
+            alive = set(self.workers())
+            for k, fut in list(pending.items()):
+                shard = self.shards[k]
+                lost = shard.worker not in alive or fut.status in ("cancelled", "lost")
+                if fut.status == "error":
+                    if not _is_worker_loss(fut.exception()):
+                        fut.result()  # a genuine error of the computation: raise it as is
+                    lost = True
+                if not lost:
+                    continue
+                rebuilt += 1
+                if rebuilt > MAX_REBUILDS:
+                    raise RuntimeError(f"{self.owner}: shards were lost {rebuilt} times in one call; "
+                                       f"the workers keep dying (memory limit?).")
+                fut.cancel()
+                self.rebuilds += 1
+                self.place(shard, self._lightest(alive, exclude=k))
+                pending[k] = submit(shard)
+        return [results[k] for k in range(len(self.shards))]
+
+    def chain(self, compute: Callable, fold: Callable, *args: Any) -> Any:
+        """``fold`` of every shard's ``compute(state, *args)``, passed along the shards in order.
+
+        Every shard computes at once; then shard k folds its results into the running
+        value it receives from shard k - 1, on its own worker, so one value travels
+        between workers and one comes back. A lost shard is rebuilt and the chain run again.
+        """
+        dist = _distributed()
+        client = self.client
+        common = dict(allow_other_workers=False, pure=False)
+        rebuilt = 0
+        while True:
+            # The first shard computes and starts the sum in one task (one round trip when alone).
+            first = self.shards[0]
+            parts = [client.submit(_compute_then_fold, first.state, compute, fold, *args, workers=[first.worker],
+                                   **common)]
+            parts += [client.submit(compute, s.state, *args, workers=[s.worker], **common) for s in self.shards[1:]]
+            acc = parts[0]
+            for shard, part in zip(self.shards[1:], parts[1:]):
+                acc = client.submit(fold, acc, part, workers=[shard.worker], **common)
+            while True:
+                try:
+                    dist.wait([acc], timeout=POLL_SECONDS)
+                except Exception:  # noqa: BLE001 - a timeout or a cancelled future: the statuses below tell
+                    pass
+                if acc.status == "finished":
+                    try:
+                        return acc.result()
+                    except Exception as exc:  # noqa: BLE001 - lost between finishing and gathering
+                        if not _is_worker_loss(exc):
+                            raise
+                        break
+                if acc.status == "error" and not _is_worker_loss(acc.exception()):
+                    acc.result()  # a genuine error of the computation: raise it as is
+                if self._lost(parts) or acc.status in ("error", "cancelled", "lost"):
+                    break
+            lost = self._lost(parts)
+            for future in parts + [acc]:
+                future.cancel()
+            rebuilt += 1
+            if rebuilt > MAX_REBUILDS:
+                raise RuntimeError(f"{self.owner}: shards were lost {rebuilt} times in one call; "
+                                   f"the workers keep dying (memory limit?).")
+            alive = set(self.workers())
+            for k in lost:
+                self.rebuilds += 1
+                self.place(self.shards[k], self._lightest(alive, exclude=k))
+
+    def _lost(self, parts: list[Any]) -> list[int]:
+        """Shards whose worker has left or whose computation died (raises with no worker left)."""
+        alive = set(self.workers())
+        return [k for k, (shard, part) in enumerate(zip(self.shards, parts))
+                if shard.worker not in alive or part.status in ("error", "cancelled", "lost")]
+
+    def _lightest(self, alive: set[str], exclude: int) -> str:
+        load = {w: 0 for w in alive}
+        for j, shard in enumerate(self.shards):
+            if j != exclude and shard.worker in load:
+                load[shard.worker] += len(shard.tasks)
+        return min(sorted(load), key=lambda w: load[w])
+
+    def memory_report(self) -> dict[str, dict[str, int]]:
+        rss = self.client.run(_worker_rss)
+        sizes = self.map(_shard_bytes)
+        report = {w: {"rss_bytes": int(v), "shard_bytes": 0, "n_tasks": 0} for w, v in rss.items()}
+        for shard, size in zip(self.shards, sizes):
+            entry = report.setdefault(shard.worker, {"rss_bytes": 0, "shard_bytes": 0, "n_tasks": 0})
+            entry["shard_bytes"] += int(size)
+            entry["n_tasks"] += len(shard.tasks)
+        return report
+
+
+def _is_worker_loss(exc: BaseException | None) -> bool:
+    """Whether a failed call died with its worker (then its shard is rebuilt) rather than by its own error."""
+    import concurrent.futures
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    loss_types: tuple = (KilledWorker, CommClosedError, concurrent.futures.CancelledError)
+    cancelled = getattr(_distributed().client, "FutureCancelledError", None)
+    if cancelled is not None:
+        loss_types += (cancelled,)
+    return isinstance(exc, loss_types)
+
+
+_RL_SETTINGS = ("tau", "eta", "solver", "tol", "maxiter", "task_workers")
+
+
+class DaskMetaRL:
+    """:class:`fastmeta.MetaRL` with its tasks spread over a Dask cluster; the same bits as one process.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+        A client of the cluster; shards are placed on the workers present now.
+    tasks : TabularMDP or sequence of TabularMDP
+        The tasks, as for MetaRL; the client keeps them to rebuild shards of lost
+        workers. (To build tasks on the workers instead, use :meth:`from_factory`.)
+    model : Energy
+        The energy f_theta; it lives on the client (the gradient's last step,
+        ``energy_vjp``, runs there) and is sent once to every shard.
+    **settings
+        ``tau``, ``eta``, ``solver``, ``tol``, ``maxiter``, ``task_workers``: as for MetaRL.
+
+    Notes
+    -----
+    ``objective``, ``gradient``, ``value_and_grad``, ``grad_energy`` and ``fit`` equal
+    MetaRL's on the same tasks bit for bit. A checkpoint written by either class
+    resumes in the other. The theory measures of :mod:`fastmeta.theory` take a
+    one-process MetaRL: :meth:`local` builds one from the client's tasks (they need
+    every task's trace, which is no cheaper split up).
+    """
+
+    def __init__(self, client: Any, tasks: TabularMDP | Sequence[TabularMDP], model: Any, **settings: Any):
+        owner = "DaskMetaRL"
+        tasks = check_nonempty_list(tasks, "tasks", owner)
+        self._settings = self._check_settings(settings, owner)
+        # Validates model, settings and the first task exactly as MetaRL does.
+        MetaRL(tasks[:1], model, **self._settings)
+        S_A = tasks[0].shape
+        for i, task in enumerate(tasks):
+            if not isinstance(task, TabularMDP):
+                raise TypeError(f"The 'tasks' parameter of {owner} must hold TabularMDP objects. "
+                                f"Got {type(task).__name__} at position {i} instead.")
+            if task.shape != S_A:
+                raise ValueError(f"The 'tasks' parameter of {owner} must hold tasks with one (S, A). "
+                                 f"Task 0 has {S_A}, task {i} has {task.shape}.")
+        self.tasks: list[TabularMDP] | None = tasks
+        self._factory = None
+        self._setup(client, model, [_task_meta(t) for t in tasks], owner)
+
+    @classmethod
+    def from_factory(cls, client: Any, factory: Callable[[Any], Sequence[TabularMDP]], specs: Sequence[Any],
+                     model: Any, **settings: Any) -> "DaskMetaRL":
+        """Build the tasks on the workers: ``factory(spec)`` returns a list of TabularMDP.
+
+        The problem's tasks are those of ``factory(specs[0])``, then ``factory(specs[1])``
+        and so on (the one-process equivalent is ``MetaRL(sum((factory(s) for s in specs),
+        []), model, ...)``). ``factory`` must be deterministic (build from a seed or a file
+        path) and importable on the workers; it is called once per spec to describe the
+        tasks, then again wherever a shard (or a lost shard's replacement) is built. The
+        client never holds the tasks.
+        """
+        owner = "DaskMetaRL.from_factory"
+        if not callable(factory):
+            raise TypeError(f"The 'factory' parameter of {owner} must be a callable spec -> list of TabularMDP. "
+                            f"Got {type(factory).__name__} instead.")
+        specs = check_nonempty_list(specs, "specs", owner)
+        self = cls.__new__(cls)
+        self._settings = self._check_settings(settings, owner)
+        self.tasks = None
+        self._factory, self._specs = factory, specs
+        _Cluster(client, owner).workers()  # a clear error before any work when the cluster is empty
+        described = client.gather(client.map(_describe_rl, [factory] * len(specs), specs, pure=False))
+        self._spec_of = [(s, j) for s, metas in enumerate(described) for j in range(len(metas))]
+        metas = [m for metas in described for m in metas]
+        if not metas:
+            raise ValueError(f"The 'factory' of {owner} built no task from the {len(specs)} specs.")
+        shapes = {m[4] for m in metas}
+        if len(shapes) != 1:
+            raise ValueError(f"The 'factory' of {owner} must build tasks with one (S, A). Got {sorted(shapes)}.")
+        self._setup(client, model, metas, owner)
+        return self
+
+    @staticmethod
+    def _check_settings(settings: dict, owner: str) -> dict:
+        unknown = sorted(set(settings) - set(_RL_SETTINGS))
+        if unknown:
+            raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; MetaRL's are {list(_RL_SETTINGS)}.")
+        return dict(settings)
+
+    def _setup(self, client: Any, model: Any, metas: list[tuple], owner: str) -> None:
+        self.model = model
+        self._metas = metas
+        self.n_tasks = len(metas)
+        self.n_states, self.n_actions = metas[0][4]
+        solver = self._settings.get("solver", "auto")
+        # The units of one-process MetaRL, from the tasks' kernel fingerprints and discounts alone.
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, meta in enumerate(metas):
+            groups.setdefault((meta[0], meta[1]), []).append(i)
+        self._batched = solver == "batched" or (solver == "auto" and self.n_states <= BATCH_MAX_STATES)
+        self._unit_tasks = (batch_layout((self.n_states, self.n_actions), list(groups.values()))
+                            if self._batched else list(groups.values()))
+        self._cluster = cluster = _Cluster(client, owner)
+        cluster._submit_build = self._submit_build
+        # Contiguous runs of units, so that the running sum can pass from shard to shard in unit order.
+        for units in _contiguous([sum(metas[i][5] for i in u) for u in self._unit_tasks], len(cluster.workers())):
+            order = [i for u in units for i in self._unit_tasks[u]]
+            local = {i: j for j, i in enumerate(order)}
+            cluster.shards.append(_Shard(units, order, [[local[i] for i in self._unit_tasks[u]] for u in units]))
+        cluster.place_all()
+        # Settings as MetaRL normalises them, and the solvers "auto" chose, from the shards themselves.
+        described = cluster.map(_describe_shard)
+        self._base_tag = described[0][0]
+        self.solver_methods = sorted({m for _, methods, _ in described for m in methods})
+        for name, value in described[0][2].items():
+            setattr(self, name, value)
+
+    def _submit_build(self, shard: _Shard, worker: str) -> Any:
+        client = self._cluster.client
+        common = dict(workers=[worker], allow_other_workers=False, pure=False)
+        if self.tasks is not None:
+            # Scattered straight to the worker: the scheduler never holds the tasks.
+            [data] = client.scatter([[self.tasks[i] for i in shard.tasks]], workers=[worker], hash=False)
+            return client.submit(_build_rl, data, None, None, shard.layout, self.model, self._settings, **common)
+        picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec)), consecutive runs
+        for i in shard.tasks:
+            s, j = self._spec_of[i]
+            if picks and picks[-1][0] == s:
+                picks[-1][1].append(j)
+            else:
+                picks.append((s, [j]))
+        picks2 = [(self._specs[s], positions) for s, positions in picks]
+        return client.submit(_build_rl, None, self._factory, picks2, shard.layout, self.model, self._settings,
+                             **common)
+
+    # ------------------------------------------------------------------ the MetaRL API
+    def init_params(self) -> np.ndarray:
+        """The model's starting parameters, as :meth:`fastmeta.MetaRL.init_params`."""
+        return self.model.init_params()
+
+    def objective(self, theta: Any) -> float:
+        """L(theta), as :meth:`fastmeta.MetaRL.objective`."""
+        theta = self.model.check_params(theta, "DaskMetaRL")
+        value = self._run(theta, want_grad=False)[0]
+        check_computed_finite(value, "the meta-objective L", "DaskMetaRL.objective", _OVERFLOW_HINT)
+        return value
+
+    def gradient(self, theta: Any) -> np.ndarray:
+        """grad L(theta), as :meth:`fastmeta.MetaRL.gradient`."""
+        return self.value_and_grad(theta)[1]
+
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
+        """(L, grad L) at theta, as :meth:`fastmeta.MetaRL.value_and_grad`."""
+        theta = self.model.check_params(theta, "DaskMetaRL")
+        value, grad_energy = self._run(theta, want_grad=True)
+        grad = self.model.energy_vjp(theta, grad_energy)
+        check_computed_finite(value, "the meta-objective L", "DaskMetaRL.value_and_grad", _OVERFLOW_HINT)
+        check_computed_finite(grad, "the gradient of L", "DaskMetaRL.value_and_grad", _OVERFLOW_HINT)
+        return value, grad
+
+    def grad_energy(self, theta: Any) -> np.ndarray:
+        """dL/df(s, a), shape (S, A), as :meth:`fastmeta.MetaRL.grad_energy`."""
+        theta = self.model.check_params(theta, "DaskMetaRL")
+        return self._run(theta, want_grad=True)[1]
+
+    def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
+        f = self.model.energy(theta)
+        total, grad = self._cluster.chain(_rl_partials, _fold, f, want_grad)
+        # The rest of MetaRL._combine: the sums (taken in unit order along the chain) over n.
+        n = self.n_tasks
+        if grad is not None:
+            grad /= n
+        return total / n, grad
+
+    def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,
+            overwrite: bool = False, progress: bool = True, optimizer: str = "gd",
+            label: str | None = None) -> FitResult:
+        """Algorithm 1, as :meth:`fastmeta.MetaRL.fit` (without ``sampler``); same trajectory, same checkpoints."""
+        theta0 = self.model.init_params() if theta0 is None else self.model.check_params(theta0, "DaskMetaRL")
+        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
+                                   project=self.model.project, checkpoint=checkpoint,
+                                   checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
+                                   progress=progress, optimizer=optimizer, tag=self._tag,
+                                   owner="MetaRL.fit", label=label or "DaskMetaRL.fit")
+
+    def _tag(self) -> dict[str, str]:
+        """MetaRL's checkpoint tag, from the tasks' digests (so checkpoints move between the classes)."""
+        tag = dict(self._base_tag)
+        tag.update(solver=",".join(self.solver_methods), n_tasks=str(self.n_tasks))
+        for i, (fp, gamma, r_digest, init_digest, _, _) in enumerate(self._metas):
+            tag[f"tasks[{i}].P"] = "blake2b:" + fp
+            tag[f"tasks[{i}].r"] = r_digest
+            tag[f"tasks[{i}].gamma"] = repr(gamma)
+            tag[f"tasks[{i}].init"] = init_digest
+        return tag
+
+    # ------------------------------------------------------------------ distributed extras
+    def local(self) -> MetaRL:
+        """A one-process MetaRL on the client's tasks (e.g. for :mod:`fastmeta.theory`)."""
+        tasks = self.tasks
+        if tasks is None:
+            tasks = [t for spec in self._specs for t in self._factory(spec)]
+        return MetaRL(tasks, self.model, **self._settings)
+
+    def memory_report(self) -> dict[str, dict[str, int]]:
+        """Per worker: ``rss_bytes`` (the process's resident memory), ``shard_bytes`` (arrays of its
+        tasks, batches and patterns; factorisations live only during a call) and ``n_tasks``."""
+        return self._cluster.memory_report()
+
+    @property
+    def placement(self) -> dict[str, list[int]]:
+        """Worker address -> the unit indices it computes."""
+        out: dict[str, list[int]] = {}
+        for shard in self._cluster.shards:
+            out.setdefault(shard.worker, []).extend(shard.units)
+        return out
+
+    @property
+    def rebuilds(self) -> int:
+        """Shards rebuilt after a worker was lost (since construction)."""
+        return self._cluster.rebuilds
+
+    def __repr__(self) -> str:
+        return (f"DaskMetaRL(n_tasks={self.n_tasks}, S={self.n_states}, A={self.n_actions}, "
+                f"units={len(self._unit_tasks)}, shards={len(self._cluster.shards)})")
+
+
+_SL_SETTINGS = ("loss", "eta", "first_order")
+
+
+class DaskMetaSL:
+    """:class:`fastmeta.MetaSL` with its tasks spread over a Dask cluster; the same bits as one process.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    tasks : sequence of SLTask
+    model : Predictor
+    **settings
+        ``loss``, ``eta``, ``first_order``: as for MetaSL.
+
+    Notes
+    -----
+    Every worker returns one loss and one gradient row per task; the client reduces
+    them exactly as the model's one-process kernel does (task order), so the result
+    does not depend on the number of workers. Bytes back per call: n_tasks *
+    (n_params + 1) * 8. The client holds a one-process MetaSL (``self.local``) for
+    validation, checkpoint tags and the single-task tools (adapt, risk).
+    """
+
+    def __init__(self, client: Any, tasks: Sequence[SLTask], model: Any, **settings: Any):
+        owner = "DaskMetaSL"
+        unknown = sorted(set(settings) - set(_SL_SETTINGS))
+        if unknown:
+            raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; MetaSL's are {list(_SL_SETTINGS)}.")
+        self.local = MetaSL(tasks, model, **settings)
+        self.tasks, self.model, self.n_tasks = self.local.tasks, self.local.model, self.local.n_tasks
+        self._settings = dict(settings)
+        self._cluster = cluster = _Cluster(client, owner)
+        cluster._submit_build = self._submit_build
+        sizes = [t.X.shape[0] + (t.X_query.shape[0] if t.has_query else 0) for t in self.tasks]
+        for part in _partition(sizes, len(cluster.workers())):
+            cluster.shards.append(_Shard(part, part, [[j] for j in range(len(part))]))
+        cluster.place_all()
+
+    def _submit_build(self, shard: _Shard, worker: str) -> Any:
+        client = self._cluster.client
+        [data] = client.scatter([[self.tasks[i] for i in shard.tasks]], workers=[worker], hash=False)
+        p = self.local._packed
+        return client.submit(_build_sl, data, self.model, self._settings, (p.Zs.shape[0], p.Zq.shape[0]),
+                             workers=[worker],
+                             allow_other_workers=False, pure=False)
+
+    def init_params(self) -> np.ndarray:
+        """The model's starting parameters, as :meth:`fastmeta.MetaSL.init_params`."""
+        return self.local.init_params()
+
+    def objective(self, theta: Any) -> float:
+        """L(theta), as :meth:`fastmeta.MetaSL.objective`."""
+        theta = self.local._check_params(theta, "DaskMetaSL.objective")
+        return self._run(theta, _ksl.MODE_VALUE)[0]
+
+    def gradient(self, theta: Any) -> np.ndarray:
+        """grad L(theta), as :meth:`fastmeta.MetaSL.gradient`."""
+        theta = self.local._check_params(theta, "DaskMetaSL.gradient")
+        return self._run(theta, self.local._grad_mode)[1]
+
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
+        """(L, grad L), as :meth:`fastmeta.MetaSL.value_and_grad`."""
+        theta = self.local._check_params(theta, "DaskMetaSL.value_and_grad")
+        return self._run(theta, self.local._grad_mode)
+
+    def _run(self, theta: np.ndarray, mode: int) -> tuple[float, np.ndarray | None]:
+        n = self.n_tasks
+        task_loss = np.empty(n)
+        rows = None if mode == _ksl.MODE_VALUE else np.empty((n, theta.shape[0]))
+        for shard, (loss, grad) in zip(self._cluster.shards, self._cluster.map(_sl_rows, theta, mode)):
+            task_loss[shard.tasks] = loss
+            if rows is not None:
+                rows[shard.tasks] = grad
+        value = float(task_loss.sum()) / n  # MetaSL._run's reduction
+        check_computed_finite(value, "the meta-objective L", "DaskMetaSL", "")
+        if rows is None:
+            return value, None
+        grad = _reduce_rows(self.model, rows)
+        check_computed_finite(grad, "the meta-gradient", "DaskMetaSL", "")
+        return value, grad
+
+    def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,
+            overwrite: bool = False, progress: bool = True, optimizer: str = "gd",
+            label: str | None = None) -> FitResult:
+        """(4.5), as :meth:`fastmeta.MetaSL.fit` (without ``sampler``); same trajectory, same checkpoints."""
+        local = self.local
+        theta0 = local.init_params() if theta0 is None else local._check_params(theta0, "MetaSL.fit", "theta0")
+        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=False, tol=tol,
+                                   project=local._project, checkpoint=checkpoint,
+                                   checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
+                                   progress=progress, optimizer=optimizer, tag=local.tag_components,
+                                   owner="MetaSL.fit", label=label or "DaskMetaSL.fit")
+
+    def memory_report(self) -> dict[str, dict[str, int]]:
+        """As :meth:`DaskMetaRL.memory_report`."""
+        return self._cluster.memory_report()
+
+    @property
+    def rebuilds(self) -> int:
+        return self._cluster.rebuilds
+
+    def __repr__(self) -> str:
+        return f"DaskMetaSL(n_tasks={self.n_tasks}, shards={len(self._cluster.shards)})"
+
+
+def _reduce_rows(model: Any, rows: np.ndarray) -> np.ndarray:
+    """The mean of the per-task rows with the one-process kernel's arithmetic (a sum in task order)."""
+    from .neural import TwoLayerReLU
+
+    n = rows.shape[0]
+    if isinstance(model, TwoLayerReLU):  # relu_meta sums in task order, then multiplies by 1/n
+        return rows.sum(axis=0) * (1.0 / n)
+    return rows.sum(axis=0) / n  # LinearModel, MLP (task_grad.sum(axis=0) / n) and MetaSL._run_generic
+
+
+def profile_on_cluster(scheduler: str, tasks: Sequence[TabularMDP], model: Any, theta: np.ndarray,
+                       repeats: int = 3, **settings: Any) -> dict:
+    """Set-up and gradient time of :class:`DaskMetaRL` on the cluster at ``scheduler``, with memory.
+
+    Used by ``fastmeta profile --scheduler ADDRESS``; prints a short report and returns it.
+    """
+    dist = _distributed()
+    with dist.Client(scheduler) as client:
+        t0 = time.perf_counter()
+        meta = DaskMetaRL(client, tasks, model, **settings)
+        setup = time.perf_counter() - t0
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            meta.value_and_grad(theta)
+            times.append(time.perf_counter() - t0)
+        memory = meta.memory_report()
+    report = {"scheduler": scheduler, "workers": len(memory), "setup_seconds": setup,
+              "gradient_seconds": float(np.median(times)), "memory": memory}
+    print(f"distributed on {scheduler}: {len(memory)} workers, set-up {setup:.3f} s, "
+          f"gradient {report['gradient_seconds']:.4f} s (median of {len(times)})")
+    for worker, entry in sorted(memory.items()):
+        print(f"  {worker:<40}{entry['n_tasks']:>6} tasks{entry['shard_bytes'] / 2**20:>10.1f} MiB shard"
+              f"{entry['rss_bytes'] / 2**20:>10.0f} MiB RSS")
+    return report

@@ -1,0 +1,279 @@
+"""DaskMetaRL / DaskMetaSL: the same bits as one process, through worker loss and cluster restarts.
+
+One-process references are computed on a worker of the cluster (``_on_worker``):
+Numba's freshly compiled kernels and the same kernels loaded from its on-disk cache
+may differ in the last bits, and the pytest process may have compiled them fresh
+while the workers load them from the cache. Every kernel the tests use is compiled
+(and cached) in this process before the cluster starts, so all workers load the
+same machine code.
+"""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+from distributed import Client, LocalCluster  # noqa: E402
+
+import fastmeta  # noqa: E402
+from fastmeta.distributed import DaskMetaRL, DaskMetaSL  # noqa: E402
+from fastmeta.tasks.gridworld import gridworld_kernel  # noqa: E402
+
+
+def _mixed_tasks(size: int, seed: int) -> tuple[list, np.ndarray]:
+    """Gridworld goals (one shared kernel), random MDPs (own kernels), a repeat and a second discount."""
+    grid, phi = fastmeta.tasks.gridworld_goals(n_tasks=4, size=size, seed=seed)
+    rand, _ = fastmeta.tasks.random_mdps(n_tasks=3, n_states=size * size, n_actions=4, seed=seed + 1)
+    other = fastmeta.TabularMDP(grid[0].P, grid[1].r, 0.9, grid[1].init)  # shared kernel, other gamma
+    return grid + rand + [rand[0], other, grid[2]], phi
+
+
+def _slip_factory(spec):
+    """Tasks of one spec: two goals on a gridworld whose slip depends on the spec (own kernel)."""
+    size, seed = spec
+    P = gridworld_kernel(size, slip=0.05 + 0.01 * seed)
+    S = size * size
+    tasks = []
+    for goal in (seed % S, (7 * seed + 3) % S):
+        r = np.zeros((S, 4))
+        r[goal] = 1.0
+        tasks.append(fastmeta.TabularMDP(P, r, 0.95, np.full(S, 1.0 / S)))
+    return tasks
+
+
+RL_CASES = {
+    "grid-batched": lambda: (fastmeta.tasks.gridworld_goals(n_tasks=6, size=6, seed=0), {}),
+    "mixed-batched": lambda: (_mixed_tasks(6, 1), {}),
+    "grid-sparse": lambda: (fastmeta.tasks.gridworld_goals(n_tasks=6, size=6, seed=2), {"solver": "splu"}),
+    "mixed-sparse": lambda: (_mixed_tasks(6, 3), {"solver": "splu"}),
+    "mixed-auto-large": lambda: (_mixed_tasks(18, 4), {}),
+}
+
+
+def _sl_tasks(n: int = 13):
+    rng = np.random.default_rng(5)
+    return [fastmeta.SLTask(rng.normal(size=(6, 3)), rng.normal(size=6), rng.normal(size=(4, 3)), rng.normal(size=4))
+            for _ in range(n)]
+
+
+SL_MODELS = {
+    "linear": lambda: fastmeta.LinearModel("affine"),
+    "relu": lambda: fastmeta.TwoLayerReLU(3, width=16, seed=0),
+    "mlp": lambda: fastmeta.models.MLP(3, hidden=(8, 8)),
+}
+
+
+def _rl_reference(tasks, model, settings, theta, steps):
+    meta = fastmeta.MetaRL(tasks, model, **settings)
+    fit = meta.fit(theta, steps=steps, lr=0.5, progress=False) if steps else None
+    return meta.value_and_grad(theta), meta.objective(theta), meta.grad_energy(theta), meta._tag(), fit
+
+
+def _sl_reference(tasks, model, theta, steps):
+    meta = fastmeta.MetaSL(tasks, model, eta=0.2)
+    fit = meta.fit(theta, steps=steps, lr=0.1, progress=False) if steps else None
+    return meta.value_and_grad(theta), meta.objective(theta), fit
+
+
+@pytest.fixture(scope="module")
+def client():
+    # Compile (and cache) every kernel here first; see the module docstring.
+    for make in RL_CASES.values():
+        (tasks, phi), settings = make()
+        _rl_reference(tasks, fastmeta.LinearEnergy(phi), settings, np.zeros(phi.shape[-1]), 0)
+    big = _slip_factory((40, 0))  # the solver "auto" picks for the worker-loss test's tasks
+    _rl_reference(big, fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0)), {},
+                  np.zeros(8), 0)
+    for make in SL_MODELS.values():
+        model = make()
+        _sl_reference(_sl_tasks(), model, fastmeta.MetaSL(_sl_tasks(), model).init_params(), 0)
+    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def _on_worker(client, fn, *args):
+    return client.submit(fn, *args, pure=False).result()
+
+
+def _same_fit(a, b):
+    assert np.array_equal(a.theta, b.theta)
+    assert np.array_equal(a.objective, b.objective)
+    assert np.array_equal(a.grad_norm, b.grad_norm)
+
+
+@pytest.mark.parametrize("case", sorted(RL_CASES))
+def test_rl_equals_one_process_bit_for_bit(client, case):
+    (tasks, phi), settings = RL_CASES[case]()
+    model = fastmeta.LinearEnergy(phi)
+    theta = np.random.default_rng(0).normal(size=model.n_params) * 0.3
+    steps = 5 if case in ("mixed-batched", "mixed-sparse") else 0
+    (L, g), obj, dfe, tag, fit = _on_worker(client, _rl_reference, tasks, model, settings, theta, steps)
+    meta = DaskMetaRL(client, tasks, model, **settings)
+    assert len(meta._cluster.shards) == min(2, len(meta._unit_tasks))
+    L2, g2 = meta.value_and_grad(theta)
+    assert L2 == L and np.array_equal(g2, g)
+    assert meta.objective(theta) == obj
+    assert np.array_equal(meta.grad_energy(theta), dfe)
+    assert np.array_equal(meta.gradient(theta), g)
+    assert meta._tag() == tag  # checkpoints move between MetaRL and DaskMetaRL
+    if steps:
+        _same_fit(meta.fit(theta, steps=5, lr=0.5, progress=False), fit)
+    # A unit is never split: every unit's tasks live on one worker.
+    placed = sorted(u for units in meta.placement.values() for u in units)
+    assert placed == list(range(len(meta._unit_tasks)))
+
+
+def test_sl_checkpoint_of_one_process_resumes_distributed(client, tmp_path):
+    tasks, model = _sl_tasks(), SL_MODELS["linear"]()
+    path = tmp_path / "sl.npz"
+    whole = _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False))
+    _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=2, lr=0.1, progress=False,
+                                                                          checkpoint=path))
+    resumed = DaskMetaSL(client, tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False, checkpoint=path,
+                                                             resume=True)
+    _same_fit(resumed, whole)
+    assert resumed.extra["resumed_from"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(SL_MODELS))
+def test_sl_equals_one_process_bit_for_bit(client, name):
+    tasks, model = _sl_tasks(), SL_MODELS[name]()
+    theta = fastmeta.MetaSL(tasks, model).init_params() + 0.05
+    steps = 5 if name == "linear" else 0
+    (L, g), obj, fit = _on_worker(client, _sl_reference, tasks, model, theta, steps)
+    meta = DaskMetaSL(client, tasks, model, eta=0.2)
+    L2, g2 = meta.value_and_grad(theta)
+    assert L2 == L and np.array_equal(g2, g)
+    assert meta.objective(theta) == obj
+    assert np.array_equal(meta.gradient(theta), g)
+    if steps:
+        _same_fit(meta.fit(theta, steps=5, lr=0.1, progress=False), fit)
+    report = meta.memory_report()
+    assert sum(entry["n_tasks"] for entry in report.values()) == len(tasks)
+
+
+def test_worker_killed_during_gradient(client):
+    specs = [(40, seed) for seed in range(12)]
+    tasks = [t for spec in specs for t in _slip_factory(spec)]
+    model = fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0))
+    theta = np.full(model.n_params, 0.1)
+    (L, g), *_ = _on_worker(client, _rl_reference, tasks, model, {}, theta, 0)
+    meta = DaskMetaRL(client, tasks, model)
+    victim = meta._cluster.shards[0].worker
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    out = {}
+    call = threading.Thread(target=lambda: out.update(result=meta.value_and_grad(theta)))
+    call.start()
+    deadline = time.monotonic() + 30
+    while not client.processing(workers=[victim])[victim] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    call.join(120)
+    L2, g2 = out["result"]
+    assert L2 == L and np.array_equal(g2, g)
+    if meta.rebuilds == 0:  # the call beat the kill (a very fast machine): the next call meets the loss
+        L2, g2 = meta.value_and_grad(theta)
+        assert L2 == L and np.array_equal(g2, g)
+    assert meta.rebuilds >= 1
+    assert victim not in meta.placement
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+def test_fit_resumes_after_cluster_restart(client, tmp_path):
+    (tasks, phi), _ = RL_CASES["mixed-sparse"]()
+    model = fastmeta.LinearEnergy(phi)
+    settings = {"solver": "splu"}
+    whole = DaskMetaRL(client, tasks, model, **settings).fit(steps=5, lr=0.5, progress=False)
+    path = tmp_path / "fit.npz"
+    first = DaskMetaRL(client, tasks, model, **settings)
+    first.fit(steps=2, lr=0.5, progress=False, checkpoint=path)
+    client.restart()
+    client.wait_for_workers(2, timeout=60)
+    resumed = DaskMetaRL(client, tasks, model, **settings).fit(steps=5, lr=0.5, progress=False,
+                                                               checkpoint=path, resume=True)
+    _same_fit(resumed, whole)
+    assert resumed.extra["resumed_from"] == 2
+    # The object built before the restart rebuilds its shards on the new workers.
+    assert first.value_and_grad(whole.theta)[0] == whole.objective[-1]
+    # A checkpoint of one-process MetaRL resumes in DaskMetaRL (the same tag).
+    one_path = tmp_path / "one.npz"
+    _on_worker(client, lambda: fastmeta.MetaRL(tasks, model, **settings).fit(
+        steps=3, lr=0.5, progress=False, checkpoint=one_path))
+    _same_fit(DaskMetaRL(client, tasks, model, **settings).fit(steps=5, lr=0.5, progress=False,
+                                                               checkpoint=one_path, resume=True), whole)
+
+
+def test_task_factory_builds_on_workers(client):
+    specs = [(6, seed) for seed in range(5)] + [(6, 2)]  # the last spec repeats kernels of the third
+    model = fastmeta.LinearEnergy(fastmeta.tasks.random_features(36, 4, 8, seed=1))
+    theta = np.full(model.n_params, 0.2)
+    tasks = [t for spec in specs for t in _slip_factory(spec)]
+    for settings in ({}, {"solver": "splu"}):
+        (L, g), *_, tag, _ = _on_worker(client, _rl_reference, tasks, model, settings, theta, 0)
+        meta = DaskMetaRL.from_factory(client, _slip_factory, specs, model, **settings)
+        assert meta.tasks is None and meta.n_tasks == len(tasks)
+        L2, g2 = meta.value_and_grad(theta)
+        assert L2 == L and np.array_equal(g2, g)
+        assert meta._tag() == tag
+        assert [t.kernel_fingerprint for t in meta.local().tasks] == [t.kernel_fingerprint for t in tasks]
+        report = meta.memory_report()
+        assert sum(entry["n_tasks"] for entry in report.values()) == len(tasks)
+        assert all(entry["rss_bytes"] > 0 for entry in report.values())
+        assert sum(entry["shard_bytes"] for entry in report.values()) > sum(t.r.nbytes for t in tasks)
+        # A lost shard is rebuilt by calling the factory again on a live worker.
+        victim = meta._cluster.shards[0].worker
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+        L3, g3 = meta.value_and_grad(theta)
+        assert L3 == L and np.array_equal(g3, g) and meta.rebuilds >= 1
+        client.wait_for_workers(2, timeout=60)
+
+
+def test_no_worker_is_a_clear_error():
+    cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
+    with Client(cluster) as c:
+        tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=2, size=4, seed=0)
+        model = fastmeta.LinearEnergy(phi)
+        meta = DaskMetaRL(c, tasks, model)
+        meta.objective(model.init_params())
+        cluster.scale(0)
+        deadline = time.monotonic() + 30
+        while c.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(RuntimeError, match="no Dask worker is left"):
+            meta.objective(model.init_params())
+        with pytest.raises(RuntimeError, match="no Dask worker is left"):
+            DaskMetaRL(c, tasks, model)
+        with pytest.raises(RuntimeError, match="no Dask worker is left"):
+            DaskMetaRL.from_factory(c, _slip_factory, [(4, 0)], model)
+    cluster.close()
+
+
+def test_bad_arguments(client):
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=2, size=4, seed=0)
+    with pytest.raises(TypeError, match="'client' parameter of DaskMetaRL"):
+        DaskMetaRL("tcp://127.0.0.1:8786", tasks, fastmeta.LinearEnergy(phi))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        DaskMetaRL(client, tasks, fastmeta.LinearEnergy(phi), taux=1.0)
+    with pytest.raises(ValueError, match="'tau' parameter"):
+        DaskMetaRL(client, tasks, fastmeta.LinearEnergy(phi), tau=-1.0)
+    with pytest.raises(TypeError, match="'factory' parameter"):
+        DaskMetaRL.from_factory(client, "not callable", [1], fastmeta.LinearEnergy(phi))
+
+
+def test_profile_command_with_scheduler(client, capsys, tmp_path):
+    from fastmeta import cli
+
+    out = tmp_path / "profile.json"
+    assert cli.main(["profile", "--states", "36", "--tasks", "3", "--features", "8", "--repeats", "1",
+                     "--scheduler", client.scheduler.address, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"distributed on {client.scheduler.address}: 2 workers" in printed
+    import json
+
+    report = json.loads(out.read_text())["distributed"]
+    assert report["gradient_seconds"] > 0 and sum(e["n_tasks"] for e in report["memory"].values()) == 3
