@@ -30,8 +30,13 @@ pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, 
 PARALLEL_MIN_SIZE = 50_000
 """Below this many array elements a parallel launch costs more than it saves."""
 
-BATCH_PARALLEL_MIN_WORK = 1_000_000
-"""A batch runs in parallel over tasks when n_tasks * S^3 reaches this (about 0.3 ms of serial LU work)."""
+BATCH_PARALLEL_MIN_WORK = 200_000
+"""A batch runs in parallel over tasks when n_tasks * S^3 reaches this (about 0.2 ms of serial work).
+
+Measured at load 1.2 on the 2-core machine, one batch of RL^2 tasks (k = 4, A = 4),
+serial / parallel: S = 16, n = 64 (n S^3 = 2.6e5): 492 / 254 us; S = 64, n = 64:
+4.6 / 2.4 ms; S = 100, n = 8: 1.6 / 0.83 ms. Under a load of 15 parallel gained nothing
+(other jobs held the second core), which is why the bar is not lower still."""
 
 
 class SizedKernel:
