@@ -23,6 +23,7 @@ from ._config import jit, sized
 # Serial twins of the per-task kernels, called from compiled code (numba needs dispatchers).
 _centred_advantage = _rl.centred_advantage.serial
 _softmax_policy = _rl.softmax_policy.serial
+_policy_average = _rl.policy_average.serial
 
 
 @jit
@@ -136,16 +137,6 @@ def _bellman_q(indptr, indices, data, row0, r, V, gamma, out):
             for k in range(indptr[row], indptr[row + 1]):
                 acc += data[k] * V[indices[k]]
             out[s, a] = (1.0 - gamma) * r[s, a] + gamma * acc
-
-
-@jit
-def _policy_average(pi, x, out):
-    S, A = pi.shape
-    for s in range(S):
-        acc = 0.0
-        for a in range(A):
-            acc += pi[s, a] * x[s, a]
-        out[s] = acc
 
 
 @jit
