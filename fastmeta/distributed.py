@@ -205,14 +205,16 @@ def _sl_rows(shard: _ShardSL, theta: np.ndarray, mode: int):
 
 def _shard_bytes(shard: Any) -> int:
     """Bytes of the arrays a shard holds (tasks, batches, packed data)."""
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()   # (buffer address, bytes): views of one buffer count once
     total = 0
 
     def add(arr: Any) -> None:
         nonlocal total
-        if isinstance(arr, np.ndarray) and id(arr) not in seen:
-            seen.add(id(arr))
-            total += arr.nbytes
+        if isinstance(arr, np.ndarray):
+            key = (arr.__array_interface__["data"][0], arr.nbytes)
+            if key not in seen:
+                seen.add(key)
+                total += arr.nbytes
 
     if isinstance(shard, _ShardMetaRL):
         for task in shard.tasks:
@@ -279,12 +281,13 @@ def _partition(costs: Sequence[float], n_shards: int) -> list[list[int]]:
 class _Cluster:
     """Shards on workers: placement, calls with fault recovery, memory report (shared by RL and SL)."""
 
-    def __init__(self, client: Any, owner: str):
+    def __init__(self, client: Any, owner: str, build: Callable[[_Shard, str], Any] | None = None):
+        """``build(shard, worker)`` submits the task that builds ``shard``'s state on ``worker``."""
         dist = _distributed()
         if not isinstance(client, dist.Client):
             raise TypeError(f"The 'client' parameter of {owner} must be a dask.distributed.Client. "
                             f"Got {type(client).__name__} instead.")
-        self.client, self.owner = client, owner
+        self.client, self.owner, self._build = client, owner, build
         self.shards: list[_Shard] = []
         self.rebuilds = 0
 
@@ -298,10 +301,7 @@ class _Cluster:
 
     def place(self, shard: _Shard, worker: str) -> None:
         shard.worker = worker
-        shard.state = self._submit_build(shard, worker)
-
-    def _submit_build(self, shard: _Shard, worker: str) -> Any:  # set by the owner
-        raise NotImplementedError
+        shard.state = self._build(shard, worker)
 
     def place_all(self) -> None:
         workers = self.workers()
@@ -543,8 +543,7 @@ class DaskMetaRL:
         self._batched = solver == "batched" or (solver == "auto" and self.n_states <= BATCH_MAX_STATES)
         self._unit_tasks = (batch_layout((self.n_states, self.n_actions), list(groups.values()))
                             if self._batched else list(groups.values()))
-        self._cluster = cluster = _Cluster(client, owner)
-        cluster._submit_build = self._submit_build
+        self._cluster = cluster = _Cluster(client, owner, self._submit_build)
         # Contiguous runs of units, so that the running sum can pass from shard to shard in unit order.
         for units in _contiguous([sum(metas[i][5] for i in u) for u in self._unit_tasks], len(cluster.workers())):
             order = [i for u in units for i in self._unit_tasks[u]]
@@ -700,8 +699,7 @@ class DaskMetaSL:
         self.local = MetaSL(tasks, model, **settings)
         self.tasks, self.model, self.n_tasks = self.local.tasks, self.local.model, self.local.n_tasks
         self._settings = dict(settings)
-        self._cluster = cluster = _Cluster(client, owner)
-        cluster._submit_build = self._submit_build
+        self._cluster = cluster = _Cluster(client, owner, self._submit_build)
         sizes = [t.X.shape[0] + (t.X_query.shape[0] if t.has_query else 0) for t in self.tasks]
         for part in _partition(sizes, len(cluster.workers())):
             cluster.shards.append(_Shard(part, part, [[j] for j in range(len(part))]))

@@ -63,7 +63,9 @@ def test_there_are_blocks_to_check():
 
 def test_nothing_points_outside_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    needles = ("ERRATA" + ".md", "ERRATA" + " section", "../" + "shared", "/work/" + "shared")
+    # Spelled in pieces so that this file does not match its own search.
+    errata = "".join(("ERR", "ATA"))
+    needles = (errata + ".md", errata + " section", "../" + "shared", "/work/" + "shared")
     offenders = []
     for name in tracked:
         path = ROOT / name
