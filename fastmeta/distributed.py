@@ -42,7 +42,7 @@ from ._optim import FitResult, StepSize, digest, run_gradient_method
 from ._rl_batch import _Batch, batch_layout
 from ._validation import check_computed_finite, check_nonempty_list
 from .mdp import TabularMDP
-from .rl import _OVERFLOW_HINT, BATCH_MAX_STATES, MetaRL
+from .rl import BATCH_MAX_STATES, EnergyObjective, MetaRL
 from .sl import MetaSL, SLTask
 
 __all__ = ["DaskMetaRL", "DaskMetaSL"]
@@ -447,7 +447,7 @@ def _is_worker_loss(exc: BaseException | None) -> bool:
 _RL_SETTINGS = ("tau", "eta", "solver", "tol", "maxiter", "task_workers")
 
 
-class DaskMetaRL:
+class DaskMetaRL(EnergyObjective):
     """:class:`fastmeta.MetaRL` with its tasks spread over a Dask cluster; the same bits as one process.
 
     Parameters
@@ -471,6 +471,8 @@ class DaskMetaRL:
     one-process MetaRL: :meth:`local` builds one from the client's tasks (they need
     every task's trace, which is no cheaper split up).
     """
+
+    _owner = "DaskMetaRL"
 
     def __init__(self, client: Any, tasks: TabularMDP | Sequence[TabularMDP], model: Any, **settings: Any):
         owner = "DaskMetaRL"
@@ -576,35 +578,7 @@ class DaskMetaRL:
                              **common)
 
     # ------------------------------------------------------------------ the MetaRL API
-    def init_params(self) -> np.ndarray:
-        """The model's starting parameters, as :meth:`fastmeta.MetaRL.init_params`."""
-        return self.model.init_params()
-
-    def objective(self, theta: Any) -> float:
-        """L(theta), as :meth:`fastmeta.MetaRL.objective`."""
-        theta = self.model.check_params(theta, "DaskMetaRL")
-        value = self._run(theta, want_grad=False)[0]
-        check_computed_finite(value, "the meta-objective L", "DaskMetaRL.objective", _OVERFLOW_HINT)
-        return value
-
-    def gradient(self, theta: Any) -> np.ndarray:
-        """grad L(theta), as :meth:`fastmeta.MetaRL.gradient`."""
-        return self.value_and_grad(theta)[1]
-
-    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
-        """(L, grad L) at theta, as :meth:`fastmeta.MetaRL.value_and_grad`."""
-        theta = self.model.check_params(theta, "DaskMetaRL")
-        value, grad_energy = self._run(theta, want_grad=True)
-        grad = self.model.energy_vjp(theta, grad_energy)
-        check_computed_finite(value, "the meta-objective L", "DaskMetaRL.value_and_grad", _OVERFLOW_HINT)
-        check_computed_finite(grad, "the gradient of L", "DaskMetaRL.value_and_grad", _OVERFLOW_HINT)
-        return value, grad
-
-    def grad_energy(self, theta: Any) -> np.ndarray:
-        """dL/df(s, a), shape (S, A), as :meth:`fastmeta.MetaRL.grad_energy`."""
-        theta = self.model.check_params(theta, "DaskMetaRL")
-        return self._run(theta, want_grad=True)[1]
-
+    # init_params, objective, gradient, value_and_grad, grad_energy: EnergyObjective's, over _run.
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         f = self.model.energy(theta)
         total, grad = self._cluster.chain(_rl_partials, _fold, f, want_grad)

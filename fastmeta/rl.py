@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -155,7 +156,54 @@ class TaskTrace:
     grad_energy: np.ndarray | None = None
 
 
-class MetaRL:
+class EnergyObjective(ABC):
+    """The public meta-objective API shared by :class:`MetaRL` and ``DaskMetaRL``.
+
+    A subclass provides ``model`` (an :class:`~fastmeta.energy.Energy`) and
+    ``_run(theta, want_grad) -> (L, dL/df or None)``; everything users call on top of
+    that (validation, the model's vector-Jacobian product, the overflow checks) lives
+    here once. ``_owner`` names the class in error messages.
+    """
+
+    _owner = _OWNER
+    model: Energy
+
+    def init_params(self) -> np.ndarray:
+        """The model's initial parameters (zeros, the uniform policy, for LinearEnergy), as MetaSL's."""
+        return self.model.init_params()
+
+    def objective(self, theta: Any) -> float:
+        """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
+        theta = self.model.check_params(theta, self._owner)
+        value = self._run(theta, want_grad=False)[0]
+        check_computed_finite(value, "the meta-objective L", f"{self._owner}.objective", _OVERFLOW_HINT)
+        return value
+
+    def gradient(self, theta: Any) -> np.ndarray:
+        """The exact gradient of L (docs/formulas.md section 3), shape (n_params,)."""
+        return self.value_and_grad(theta)[1]
+
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
+        """L(theta) and its exact gradient from one pass (the objective comes for free)."""
+        theta = self.model.check_params(theta, self._owner)
+        value, grad_energy = self._run(theta, want_grad=True)
+        grad = self.model.energy_vjp(theta, grad_energy)
+        owner = f"{self._owner}.value_and_grad"
+        check_computed_finite(value, "the meta-objective L", owner, _OVERFLOW_HINT)
+        check_computed_finite(grad, "the gradient of L", owner, _OVERFLOW_HINT)
+        return value, grad
+
+    def grad_energy(self, theta: Any) -> np.ndarray:
+        """dL/df(s, a): the gradient with respect to the energy values, shape (S, A)."""
+        theta = self.model.check_params(theta, self._owner)
+        return self._run(theta, want_grad=True)[1]
+
+    @abstractmethod
+    def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
+        """(L, dL/df or None) at theta: the one computation a subclass provides."""
+
+
+class MetaRL(EnergyObjective):
     """Meta-RL objective (3.4), its exact gradient, and Algorithm 1.
 
     Parameters
@@ -282,35 +330,6 @@ class MetaRL:
         return patterns
 
     # ------------------------------------------------------------------ public API
-    def init_params(self) -> np.ndarray:
-        """The model's initial parameters (zeros, the uniform policy, for LinearEnergy), as MetaSL's."""
-        return self.model.init_params()
-
-    def objective(self, theta: Any) -> float:
-        """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
-        theta = self.model.check_params(theta, _OWNER)
-        value = self._run(theta, want_grad=False)[0]
-        check_computed_finite(value, "the meta-objective L", "MetaRL.objective", _OVERFLOW_HINT)
-        return value
-
-    def gradient(self, theta: Any) -> np.ndarray:
-        """The exact gradient of L (docs/formulas.md section 3), shape (n_params,)."""
-        return self.value_and_grad(theta)[1]
-
-    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
-        """L(theta) and its exact gradient from one pass (the objective comes for free)."""
-        theta = self.model.check_params(theta, _OWNER)
-        value, grad_energy, _ = self._run(theta, want_grad=True)
-        grad = self.model.energy_vjp(theta, grad_energy)
-        check_computed_finite(value, "the meta-objective L", "MetaRL.value_and_grad", _OVERFLOW_HINT)
-        check_computed_finite(grad, "the gradient of L", "MetaRL.value_and_grad", _OVERFLOW_HINT)
-        return value, grad
-
-    def grad_energy(self, theta: Any) -> np.ndarray:
-        """dL/df(s, a): the gradient with respect to the energy values, shape (S, A)."""
-        theta = self.model.check_params(theta, _OWNER)
-        return self._run(theta, want_grad=True)[1]
-
     def value_and_grad_energy(self, f: Any) -> tuple[float, np.ndarray]:
         """L and dL/df for an energy array f given directly, bypassing the model.
 
@@ -480,7 +499,7 @@ class MetaRL:
         theta = self.model.check_params(theta, _OWNER)
         self._stages, self._clock = {}, time.perf_counter()
         try:
-            value, grad_energy, _ = self._run(theta, want_grad=True)
+            value, grad_energy = self._run(theta, want_grad=True)
             self.model.energy_vjp(theta, grad_energy)
             self._tick("vjp")
             return dict(self._stages)
@@ -507,11 +526,10 @@ class MetaRL:
         _k.softmax_policy(f, 1.0 / self.tau, f, 0.0, pi)
         return pi
 
-    def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None, None]:
+    def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         f = self.model.energy(theta)
         self._tick("energy")
-        value, grad = self._combine(self._partials(f, range(len(self._units)), want_grad))
-        return value, grad, None
+        return self._combine(self._partials(f, range(len(self._units)), want_grad))
 
     def _partials(self, f: np.ndarray, unit_indices: Sequence[int],
                   want_grad: bool = True) -> list[tuple[float, np.ndarray | None]]:

@@ -10,55 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from ..cli import _types
+
 FAMILIES = ("grid", "random", "sinusoid", "linear-gaussian")
 RL_FAMILIES = ("grid", "random")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
-    return value
-
-
-def _discount(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a discount in (0, 1), got {text!r}")
-    return value
+# The command line's shared argument types: every option is checked while it is parsed.
+_positive_int = _types.integer(1)
+_nonnegative_int = _types.integer(0)
+_positive_float = _types.real(0.0, math.inf)
+_nonnegative_float = _types.real(0.0, math.inf, low_open=False)
+_discount = _types.real(0.0, 1.0)
 
 
 def _radius(text: str) -> float | None:
