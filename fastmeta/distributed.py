@@ -42,7 +42,7 @@ from ._optim import FitResult, StepSize, digest, run_gradient_method
 from ._rl_batch import _Batch, batch_layout
 from ._validation import check_computed_finite, check_nonempty_list
 from .mdp import TabularMDP
-from .rl import BATCH_MAX_STATES, EnergyObjective, MetaRL
+from .rl import BATCH_MAX_STATES, EnergyObjective, MetaRL, add_partials, mean_of_sums
 from .sl import MetaSL, SLTask
 
 __all__ = ["DaskMetaRL", "DaskMetaSL"]
@@ -97,24 +97,6 @@ def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tu
     # gives the kernels the array type they get from model.energy in one process.
     f = np.array(f, dtype=np.float64, order="C", copy=True)
     return shard._partials(f, range(len(shard._units)), want_grad)
-
-
-def _fold(acc: tuple[float, np.ndarray | None] | None,
-          partials: list[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
-    """The running (sum of J_i, sum of dL_i/df) with a shard's unit partials added in unit order.
-
-    The additions are those of ``MetaRL._combine`` (a total from 0.0, the first gradient
-    copied, the next ones added in place), so the chain over the shards gives its bits.
-    """
-    total, grad = (0.0, None) if acc is None else (acc[0], None if acc[1] is None else acc[1].copy())
-    for J, g in partials:
-        total += J
-        if g is not None:
-            if grad is None:
-                grad = g.copy()
-            else:
-                grad += g
-    return total, grad
 
 
 def _compute_then_fold(state: Any, compute: Callable, fold: Callable, *args: Any) -> Any:
@@ -581,12 +563,8 @@ class DaskMetaRL(EnergyObjective):
     # init_params, objective, gradient, value_and_grad, grad_energy: EnergyObjective's, over _run.
     def _run(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         f = self.model.energy(theta)
-        total, grad = self._cluster.chain(_rl_partials, _fold, f, want_grad)
-        # The rest of MetaRL._combine: the sums (taken in unit order along the chain) over n.
-        n = self.n_tasks
-        if grad is not None:
-            grad /= n
-        return total / n, grad
+        # The running sum passes along the shards in unit order: MetaRL._combine's additions.
+        return mean_of_sums(self._cluster.chain(_rl_partials, add_partials, f, want_grad), self.n_tasks)
 
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,

@@ -156,6 +156,36 @@ class TaskTrace:
     grad_energy: np.ndarray | None = None
 
 
+Partial = tuple[float, "np.ndarray | None"]
+
+
+def add_partials(acc: Partial | None, partials: Sequence[Partial]) -> Partial:
+    """The running (sum of J_i, sum of dL_i/df) with ``partials`` added in order.
+
+    The one place the per-unit results are summed: one process adds all units at once
+    (:meth:`MetaRL._combine`), a cluster passes the running sum along its shards
+    (:mod:`fastmeta.distributed`); the additions, and so the bits, are the same. ``acc``
+    is not changed (its gradient is copied before adding to it).
+    """
+    total, grad = (0.0, None) if acc is None else (acc[0], None if acc[1] is None else acc[1].copy())
+    for J, g in partials:
+        total += J
+        if g is not None:
+            if grad is None:
+                grad = g.copy()
+            else:
+                grad += g
+    return total, grad
+
+
+def mean_of_sums(sums: Partial, n: int) -> Partial:
+    """(L, dL/df) = the sums over all n tasks divided by n (the gradient in place)."""
+    total, grad = sums
+    if grad is not None:
+        grad /= n
+    return total / n, grad
+
+
 class EnergyObjective(ABC):
     """The public meta-objective API shared by :class:`MetaRL` and ``DaskMetaRL``.
 
@@ -581,19 +611,7 @@ class MetaRL(EnergyObjective):
 
     def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
         """L and dL/df from all units' partials, summed in unit order."""
-        n = len(self.tasks)
-        total = 0.0
-        grad = None
-        for J, g in partials:
-            total += J
-            if g is not None:
-                if grad is None:
-                    grad = g.copy()
-                else:
-                    grad += g
-        if grad is not None:
-            grad /= n
-        return total / n, grad
+        return mean_of_sums(add_partials(None, partials), len(self.tasks))
 
     def _batched_trace(self, i: int, f: np.ndarray, pi: np.ndarray) -> TaskTrace:
         """The trace of task i with the batched path's kernels (the same arithmetic as a batch)."""
