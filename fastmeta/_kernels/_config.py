@@ -1,8 +1,18 @@
 """The one place where Numba options live.
 
-``FASTMATH`` enables the LLVM fast-math flags that speed up reductions and
-contractions, but deliberately *not* ``nnan``/``ninf``: with those, NaN and inf
-checks compile to ``False`` and bad values pass silently.  Every kernel is
+``FASTMATH`` enables some LLVM fast-math flags, but deliberately *not*
+``nnan``/``ninf`` (with those, NaN and inf checks compile to ``False`` and bad values
+pass silently) and *not* ``reassoc``/``contract``: with those two, LLVM may reorder a
+sum or fuse a multiply-add differently in two compilations of the same kernel, and
+it does. Numba links a copy of every callee into its caller's machine code; a process
+that compiled the callees itself calls its own separately compiled versions, one that
+loaded the caller from the disk cache calls the copies inside it, and the two were
+optimised in different contexts. With reordering allowed they rounded differently
+(MetaSL with an MLP, batched MetaRL: last-bit differences between a cold and a warm
+process), so a one-process result and a Dask worker's, or a run and its resume in a
+new process, would not agree bit for bit. Without them every compilation performs
+the written operations in the written order (docs/scaling.md has the measured cost).
+Every kernel is
 compiled with ``cache=True`` so that a second process (and CI after the first
 test module) loads machine code from ``__pycache__`` instead of recompiling.
 
@@ -18,7 +28,7 @@ import types
 
 import numba
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+FASTMATH = {"nsz", "arcp", "afn"}
 N_CHUNKS = 64
 
 jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True)
