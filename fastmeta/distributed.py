@@ -31,6 +31,7 @@ Requires the ``dist`` extra: ``pip install "fastmeta[dist]"``.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -43,12 +44,14 @@ from ._rl_batch import _Batch, batch_layout
 from ._validation import check_computed_finite, check_nonempty_list
 from .mdp import TabularMDP
 from .rl import BATCH_MAX_STATES, EnergyObjective, MetaRL, add_partials, mean_of_sums
-from .sl import MetaSL, SLTask
+from .sl import MetaSL, SLTask, TaskBatch
 
 __all__ = ["DaskMetaRL", "DaskMetaSL"]
 
 POLL_SECONDS = 0.2
 """How often a waiting call checks that the workers holding its shards are still alive."""
+RESTART_GRACE_SECONDS = 20.0
+"""How long a call that has lost every worker waits for one to come back (a nanny restarting it)."""
 MAX_REBUILDS = 20
 """Rebuilds of lost shards allowed in one call before it gives up."""
 
@@ -75,20 +78,44 @@ class _ShardMetaRL(MetaRL):
         return [list(unit) for unit in self._layout]
 
 
-def _factory_tasks(factory: Callable, picks: list[tuple[Any, list[int]]]) -> list[TabularMDP]:
+def _pack(obj: Any) -> bytes:
+    """``obj`` as one pickle whose arrays travel inside the stream (see :func:`_unpack`).
+
+    Dask ships arrays out of band, and a worker may receive them read-only or writable,
+    aligned or not, whatever they were on the client; Numba compiles a kernel separately
+    for each such array type. In-band protocol-5 pickling brings every array back with
+    the client's dtype, shape, order and read-only flag, in fresh aligned memory, and
+    objects shared on the client (one kernel behind many tasks) stay shared: the worker
+    calls the kernels with the client's array types, so it runs the same compiled code.
+    """
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def _unpack(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
+def _factory_tasks(factory: Callable, picks: list[tuple[Any, list[int]]]) -> list[Any]:
     """The tasks ``factory(spec)[j]`` for every (spec, [j, ...]) of ``picks``, in that order."""
     tasks = []
     for spec, positions in picks:
-        made = list(factory(spec))
+        made = _made(factory, spec)
         tasks.extend(made[j] for j in positions)
     return tasks
 
 
-def _build_rl(tasks: list[TabularMDP] | None, factory: Callable | None, picks: list | None,
-              layout: list[list[int]], model: Any, settings: dict) -> _ShardMetaRL:
-    if tasks is None:
-        tasks = _factory_tasks(factory, picks)
-    return _ShardMetaRL(tasks, model, layout, **settings)
+def _made(factory: Callable, spec: Any) -> list[Any]:
+    """``factory(spec)`` as a list (a :class:`fastmeta.sl.TaskBatch` becomes its tasks)."""
+    made = factory(spec)
+    return made.tasks() if isinstance(made, TaskBatch) else list(made)
+
+
+def _build_rl(tasks: bytes | None, factory: Callable | None, picks: list | None,
+              layout: list[list[int]], model: bytes, settings: dict) -> _ShardMetaRL:
+    tasks = _factory_tasks(factory, picks) if tasks is None else _unpack(tasks)
+    return _ShardMetaRL(tasks, _unpack(model), layout, **settings)
 
 
 def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tuple[float, np.ndarray | None]]:
@@ -97,6 +124,17 @@ def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tu
     # gives the kernels the array type they get from model.energy in one process.
     f = np.array(f, dtype=np.float64, order="C", copy=True)
     return shard._partials(f, range(len(shard._units)), want_grad)
+
+
+@dataclass(frozen=True)
+class _StepSampler:
+    """A fit sampler as a task factory: spec = step, tasks = ``sampler(default_rng([seed, step]), step)``."""
+
+    sampler: Callable[[np.random.Generator, int], Any]
+    seed: int
+
+    def __call__(self, step: int) -> Any:
+        return self.sampler(np.random.default_rng([self.seed, step]), step)
 
 
 def _compute_then_fold(state: Any, compute: Callable, fold: Callable, *args: Any) -> Any:
@@ -112,7 +150,7 @@ def _describe_shard(shard: _ShardMetaRL) -> tuple[dict, list[str], dict]:
 
 def _describe_rl(factory: Callable, spec: Any) -> list[tuple]:
     """What the client needs to know of the tasks ``factory(spec)`` without holding them."""
-    return [_task_meta(task) for task in factory(spec)]
+    return [_task_meta(task) for task in _made(factory, spec)]
 
 
 def _task_meta(task: Any) -> tuple:
@@ -176,8 +214,31 @@ class _ShardSL:
         return loss, grad
 
 
-def _build_sl(tasks: list[SLTask], model: Any, settings: dict, full_rows: tuple[int, int]) -> _ShardSL:
-    return _ShardSL(tasks, model, settings, full_rows)
+def _build_sl(tasks: bytes | None, factory: Callable | None, picks: list | None, model: bytes, settings: dict,
+              full_rows: tuple[int, int]) -> _ShardSL:
+    tasks = _factory_tasks(factory, picks) if tasks is None else _unpack(tasks)
+    return _ShardSL(tasks, _unpack(model), settings, full_rows)
+
+
+def _describe_sl(factory: Callable, spec: Any) -> list[tuple[int, int, int]]:
+    """(support rows, query rows, input dimension) of every task of ``factory(spec)``."""
+    out = []
+    for task in _made(factory, spec):
+        if not isinstance(task, SLTask):
+            raise TypeError(f"A task factory of DaskMetaSL must return SLTask objects or a TaskBatch. "
+                            f"Got {type(task).__name__} instead.")
+        out.append((task.X.shape[0], task.split("query")[0].shape[0], task.in_dim))
+    return out
+
+
+def _first_sl_task(factory: Callable, spec: Any) -> SLTask:
+    return _made(factory, spec)[0]
+
+
+def _packed_sl(factory: Callable, spec: Any, model: bytes, settings: dict) -> tuple[np.ndarray, ...]:
+    """(Zs, ys, Zq, yq) of ``factory(spec)``'s tasks, packed as one-process MetaSL packs them."""
+    p = MetaSL(_made(factory, spec), _unpack(model), **settings)._packed
+    return p.Zs, p.ys, p.Zq, p.yq
 
 
 def _sl_rows(shard: _ShardSL, theta: np.ndarray, mode: int):
@@ -273,8 +334,13 @@ class _Cluster:
         self.shards: list[_Shard] = []
         self.rebuilds = 0
 
-    def workers(self) -> list[str]:
+    def workers(self, grace: float = 0.0) -> list[str]:
+        """The live workers; with none, wait up to ``grace`` seconds for one (a nanny restarting it)."""
         workers = sorted(self.client.nthreads())
+        deadline = time.monotonic() + grace
+        while not workers and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            workers = sorted(self.client.nthreads())
         if not workers:
             raise RuntimeError(f"{self.owner}: no Dask worker is left in the cluster at "
                                f"{self.client.scheduler.address}; start workers (or a new cluster) "
@@ -320,7 +386,7 @@ class _Cluster:
                         del pending[k]
             if not pending:
                 break
-            alive = set(self.workers())
+            alive = set(self.workers(RESTART_GRACE_SECONDS))
             for k, fut in list(pending.items()):
                 shard = self.shards[k]
                 lost = shard.worker not in alive or fut.status in ("cancelled", "lost")
@@ -383,14 +449,14 @@ class _Cluster:
             if rebuilt > MAX_REBUILDS:
                 raise RuntimeError(f"{self.owner}: shards were lost {rebuilt} times in one call; "
                                    f"the workers keep dying (memory limit?).")
-            alive = set(self.workers())
+            alive = set(self.workers(RESTART_GRACE_SECONDS))
             for k in lost:
                 self.rebuilds += 1
                 self.place(self.shards[k], self._lightest(alive, exclude=k))
 
     def _lost(self, parts: list[Any]) -> list[int]:
         """Shards whose worker has left or whose computation died (raises with no worker left)."""
-        alive = set(self.workers())
+        alive = set(self.workers(RESTART_GRACE_SECONDS))
         return [k for k, (shard, part) in enumerate(zip(self.shards, parts))
                 if shard.worker not in alive or part.status in ("error", "cancelled", "lost")]
 
@@ -516,6 +582,7 @@ class DaskMetaRL(EnergyObjective):
 
     def _setup(self, client: Any, model: Any, metas: list[tuple], owner: str) -> None:
         self.model = model
+        self._model_blob = _pack(model)
         self._metas = metas
         self.n_tasks = len(metas)
         self.n_states, self.n_actions = metas[0][4]
@@ -546,8 +613,9 @@ class DaskMetaRL(EnergyObjective):
         common = dict(workers=[worker], allow_other_workers=False, pure=False)
         if self.tasks is not None:
             # Scattered straight to the worker: the scheduler never holds the tasks.
-            [data] = client.scatter([[self.tasks[i] for i in shard.tasks]], workers=[worker], hash=False)
-            return client.submit(_build_rl, data, None, None, shard.layout, self.model, self._settings, **common)
+            [data] = client.scatter([_pack([self.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
+            return client.submit(_build_rl, data, None, None, shard.layout, self._model_blob, self._settings,
+                                 **common)
         picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec)), consecutive runs
         for i in shard.tasks:
             s, j = self._spec_of[i]
@@ -556,8 +624,8 @@ class DaskMetaRL(EnergyObjective):
             else:
                 picks.append((s, [j]))
         picks2 = [(self._specs[s], positions) for s, positions in picks]
-        return client.submit(_build_rl, None, self._factory, picks2, shard.layout, self.model, self._settings,
-                             **common)
+        return client.submit(_build_rl, None, self._factory, picks2, shard.layout, self._model_blob,
+                             self._settings, **common)
 
     # ------------------------------------------------------------------ the MetaRL API
     # init_params, objective, gradient, value_and_grad, grad_energy: EnergyObjective's, over _run.
@@ -569,14 +637,31 @@ class DaskMetaRL(EnergyObjective):
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,
             overwrite: bool = False, progress: bool = True, optimizer: str = "gd",
-            label: str | None = None) -> FitResult:
-        """Algorithm 1, as :meth:`fastmeta.MetaRL.fit` (without ``sampler``); same trajectory, same checkpoints."""
+            label: str | None = None, sampler: Any = None, seed: int = 0) -> FitResult:
+        """Algorithm 1, as :meth:`fastmeta.MetaRL.fit`: same trajectory, same checkpoints.
+
+        With ``sampler``, step l's tasks are ``sampler(numpy.random.default_rng([seed, l]), l)``
+        as for MetaRL, but drawn on the workers (the sampler is this step's task factory,
+        :meth:`from_factory`), so the client never holds them; the sampler must be
+        importable there. A resumed run draws exactly the tasks the uninterrupted one drew.
+        """
         theta0 = self.model.init_params() if theta0 is None else self.model.check_params(theta0, "DaskMetaRL")
-        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
+        value_and_grad, tag = self.value_and_grad, self._tag
+        if sampler is not None:
+            _, tag = MetaRL._sampled(self, sampler, seed)  # MetaRL's checks and checkpoint tag
+            draw = _StepSampler(sampler, seed)
+            client = self._cluster.client
+
+            def value_and_grad(theta: np.ndarray, step: int) -> tuple[float, np.ndarray]:
+                meta = DaskMetaRL.from_factory(client, draw, [step], self.model, **self._settings)
+                return meta.value_and_grad(theta)
+
+        return run_gradient_method(value_and_grad, theta0, steps=steps, lr=lr, maximize=True, tol=tol,
                                    project=self.model.project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
-                                   progress=progress, optimizer=optimizer, tag=self._tag,
-                                   owner="MetaRL.fit", label=label or "DaskMetaRL.fit")
+                                   progress=progress, optimizer=optimizer, tag=tag,
+                                   owner="MetaRL.fit", label=label or "DaskMetaRL.fit",
+                                   step_aware=sampler is not None)
 
     def _tag(self) -> dict[str, str]:
         """MetaRL's checkpoint tag, from the tasks' digests (so checkpoints move between the classes)."""
@@ -630,59 +715,125 @@ class DaskMetaSL:
     ----------
     client : dask.distributed.Client
     tasks : sequence of SLTask
+        The tasks, as for MetaSL; the client keeps them to rebuild shards of lost
+        workers. (To build tasks on the workers instead, use :meth:`from_factory`.)
     model : Predictor
     **settings
         ``loss``, ``eta``, ``first_order``: as for MetaSL.
+
+    Attributes
+    ----------
+    local : MetaSL or None
+        The one-process MetaSL on the client's tasks (for ``adapt``, ``risk`` and the
+        theory tools); None when the tasks were built on the workers.
 
     Notes
     -----
     Every worker returns one loss and one gradient row per task; the client reduces
     them exactly as the model's one-process kernel does (task order), so the result
     does not depend on the number of workers. Bytes back per call: n_tasks *
-    (n_params + 1) * 8. The client holds a one-process MetaSL (``self.local``) for
-    validation, checkpoint tags and the single-task tools (adapt, risk).
+    (n_params + 1) * 8.
     """
 
     def __init__(self, client: Any, tasks: Sequence[SLTask], model: Any, **settings: Any):
         owner = "DaskMetaSL"
+        self._settings = self._check_settings(settings, owner)
+        self.local: MetaSL | None = MetaSL(tasks, model, **self._settings)
+        self.tasks: list[SLTask] | None = self.local.tasks
+        self._factory = self._specs = None
+        rows = [(t.X.shape[0], t.split("query")[0].shape[0]) for t in self.tasks]
+        self._setup(client, self.local, rows, owner)
+
+    @classmethod
+    def from_factory(cls, client: Any, factory: Callable[[Any], Any], specs: Sequence[Any], model: Any,
+                     **settings: Any) -> "DaskMetaSL":
+        """Build the tasks on the workers: ``factory(spec)`` returns a list of SLTask or a TaskBatch.
+
+        As :meth:`DaskMetaRL.from_factory`: the problem's tasks are those of
+        ``factory(specs[0])``, then ``factory(specs[1])`` and so on; ``factory`` must be
+        deterministic and importable on the workers. The client fetches one task (to
+        check the model against it) and, only if a checkpoint tag is asked for, the
+        packed data one spec at a time (to digest it as MetaSL does); it never holds
+        all the tasks.
+        """
+        owner = "DaskMetaSL.from_factory"
+        if not callable(factory):
+            raise TypeError(f"The 'factory' parameter of {owner} must be a callable spec -> list of SLTask. "
+                            f"Got {type(factory).__name__} instead.")
+        specs = check_nonempty_list(specs, "specs", owner)
+        self = cls.__new__(cls)
+        self._settings = self._check_settings(settings, owner)
+        self.local, self.tasks = None, None
+        self._factory, self._specs = factory, specs
+        _Cluster(client, owner).workers()  # a clear error before any work when the cluster is empty
+        described = client.gather(client.map(_describe_sl, [factory] * len(specs), specs, pure=False))
+        self._spec_of = [(s, j) for s, metas in enumerate(described) for j in range(len(metas))]
+        metas = [m for metas in described for m in metas]
+        if not metas:
+            raise ValueError(f"The 'factory' of {owner} built no task from the {len(specs)} specs.")
+        dims = sorted({m[2] for m in metas})
+        if len(dims) != 1:
+            raise ValueError(f"The 'factory' of {owner} must build tasks of one input dimension. Got {dims}.")
+        # A one-task MetaSL on the client: the model's checks, binding, parameters and projection.
+        first = client.submit(_first_sl_task, factory, specs[0], pure=False).result()
+        self._setup(client, MetaSL([first], model, **self._settings), [m[:2] for m in metas], owner)
+        return self
+
+    @staticmethod
+    def _check_settings(settings: dict, owner: str) -> dict:
         unknown = sorted(set(settings) - set(_SL_SETTINGS))
         if unknown:
             raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; MetaSL's are {list(_SL_SETTINGS)}.")
-        self.local = MetaSL(tasks, model, **settings)
-        self.tasks, self.model, self.n_tasks = self.local.tasks, self.local.model, self.local.n_tasks
-        self._settings = dict(settings)
+        return dict(settings)
+
+    def _setup(self, client: Any, proto: MetaSL, rows: list[tuple[int, int]], owner: str) -> None:
+        self._proto = proto  # a MetaSL with this problem's model and settings (all tasks, or one)
+        self.model, self.n_tasks, self.n_params = proto.model, len(rows), proto.n_params
+        self._rows = rows
+        self._full_rows = (sum(r[0] for r in rows), sum(r[1] for r in rows))
+        self._model_blob = _pack(self.model)
+        self._tag_cache: dict[str, str] | None = None
         self._cluster = cluster = _Cluster(client, owner, self._submit_build)
-        sizes = [t.X.shape[0] + (t.X_query.shape[0] if t.has_query else 0) for t in self.tasks]
-        for part in _partition(sizes, len(cluster.workers())):
+        for part in _partition([ns + nq for ns, nq in rows], len(cluster.workers())):
             cluster.shards.append(_Shard(part, part, [[j] for j in range(len(part))]))
         cluster.place_all()
 
     def _submit_build(self, shard: _Shard, worker: str) -> Any:
         client = self._cluster.client
-        [data] = client.scatter([[self.tasks[i] for i in shard.tasks]], workers=[worker], hash=False)
-        p = self.local._packed
-        return client.submit(_build_sl, data, self.model, self._settings, (p.Zs.shape[0], p.Zq.shape[0]),
-                             workers=[worker],
-                             allow_other_workers=False, pure=False)
+        common = dict(workers=[worker], allow_other_workers=False, pure=False)
+        if self.tasks is not None:
+            [data] = client.scatter([_pack([self.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
+            return client.submit(_build_sl, data, None, None, self._model_blob, self._settings, self._full_rows,
+                                 **common)
+        picks: list[tuple[Any, list[int]]] = []
+        for i in shard.tasks:
+            s, j = self._spec_of[i]
+            if picks and picks[-1][0] == s:
+                picks[-1][1].append(j)
+            else:
+                picks.append((s, [j]))
+        picks2 = [(self._specs[s], positions) for s, positions in picks]
+        return client.submit(_build_sl, None, self._factory, picks2, self._model_blob, self._settings,
+                             self._full_rows, **common)
 
     def init_params(self) -> np.ndarray:
         """The model's starting parameters, as :meth:`fastmeta.MetaSL.init_params`."""
-        return self.local.init_params()
+        return self._proto.init_params()
 
     def objective(self, theta: Any) -> float:
         """L(theta), as :meth:`fastmeta.MetaSL.objective`."""
-        theta = self.local._check_params(theta, "DaskMetaSL.objective")
+        theta = self._proto._check_params(theta, "DaskMetaSL.objective")
         return self._run(theta, _ksl.MODE_VALUE)[0]
 
     def gradient(self, theta: Any) -> np.ndarray:
         """grad L(theta), as :meth:`fastmeta.MetaSL.gradient`."""
-        theta = self.local._check_params(theta, "DaskMetaSL.gradient")
-        return self._run(theta, self.local._grad_mode)[1]
+        theta = self._proto._check_params(theta, "DaskMetaSL.gradient")
+        return self._run(theta, self._proto._grad_mode)[1]
 
     def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
         """(L, grad L), as :meth:`fastmeta.MetaSL.value_and_grad`."""
-        theta = self.local._check_params(theta, "DaskMetaSL.value_and_grad")
-        return self._run(theta, self.local._grad_mode)
+        theta = self._proto._check_params(theta, "DaskMetaSL.value_and_grad")
+        return self._run(theta, self._proto._grad_mode)
 
     def _run(self, theta: np.ndarray, mode: int) -> tuple[float, np.ndarray | None]:
         n = self.n_tasks
@@ -703,15 +854,61 @@ class DaskMetaSL:
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 0.1, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: Any = False,
             overwrite: bool = False, progress: bool = True, optimizer: str = "gd",
-            label: str | None = None) -> FitResult:
-        """(4.5), as :meth:`fastmeta.MetaSL.fit` (without ``sampler``); same trajectory, same checkpoints."""
-        local = self.local
-        theta0 = local.init_params() if theta0 is None else local._check_params(theta0, "MetaSL.fit", "theta0")
-        return run_gradient_method(self.value_and_grad, theta0, steps=steps, lr=lr, maximize=False, tol=tol,
-                                   project=local._project, checkpoint=checkpoint,
+            label: str | None = None, sampler: Any = None, seed: int = 0) -> FitResult:
+        """(4.5), as :meth:`fastmeta.MetaSL.fit`: same trajectory, same checkpoints.
+
+        With ``sampler``, step l's tasks are ``sampler(numpy.random.default_rng([seed, l]), l)``
+        (a list of SLTask or a TaskBatch) as for MetaSL, drawn on the workers (the sampler
+        is this step's task factory, :meth:`from_factory`); a resumed run draws exactly
+        the tasks the uninterrupted one drew.
+        """
+        proto = self._proto
+        theta0 = proto.init_params() if theta0 is None else proto._check_params(theta0, "MetaSL.fit", "theta0")
+        value_and_grad, tag = self.value_and_grad, self.tag_components
+        if sampler is not None:
+            _, tag = proto._sampled(sampler, seed, "MetaSL.fit")  # MetaSL's checks and checkpoint tag
+            draw = _StepSampler(sampler, seed)
+            client = self._cluster.client
+
+            def value_and_grad(theta: np.ndarray, step: int) -> tuple[float, np.ndarray]:
+                return DaskMetaSL.from_factory(client, draw, [step], self.model, **self._settings).value_and_grad(theta)
+
+        return run_gradient_method(value_and_grad, theta0, steps=steps, lr=lr, maximize=False, tol=tol,
+                                   project=proto._project, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
-                                   progress=progress, optimizer=optimizer, tag=local.tag_components,
-                                   owner="MetaSL.fit", label=label or "DaskMetaSL.fit")
+                                   progress=progress, optimizer=optimizer, tag=tag, owner="MetaSL.fit",
+                                   label=label or "DaskMetaSL.fit", step_aware=sampler is not None)
+
+    def tag_components(self) -> dict[str, str]:
+        """:meth:`fastmeta.MetaSL.tag_components` of the same tasks (so checkpoints move between the classes)."""
+        if self._tag_cache is None:
+            self._tag_cache = self.local.tag_components() if self.local is not None else self._streamed_tag()
+        return dict(self._tag_cache)
+
+    def _streamed_tag(self) -> dict[str, str]:
+        """MetaSL's tag from the packed data of one spec at a time (the client never holds all of it)."""
+        client = self._cluster.client
+        dz = self._proto._packed.Zs.shape[1]
+        (ns, nq), n = self._full_rows, self.n_tasks
+        support, query = _StreamDigest(ns * dz + ns), _StreamDigest(nq * dz + nq)
+        ys, yq = [], []
+        for spec in self._specs:
+            Zs_k, ys_k, Zq_k, yq_k = client.submit(_packed_sl, self._factory, spec, self._model_blob,
+                                                   self._settings, pure=False).result()
+            support.update(Zs_k)
+            query.update(Zq_k)
+            ys.append(ys_k)
+            yq.append(yq_k)
+        for y in ys:
+            support.update(y)
+        for y in yq:
+            query.update(y)
+        offs = np.zeros(n + 1, dtype=np.int64)
+        offq = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([r[0] for r in self._rows], out=offs[1:])
+        np.cumsum([r[1] for r in self._rows], out=offq[1:])
+        return {**self._proto._settings_tag(), "n_tasks": str(n), "support data": support.hexdigest(),
+                "support sizes": digest(offs), "query data": query.hexdigest(), "query sizes": digest(offq)}
 
     def memory_report(self) -> dict[str, dict[str, int]]:
         """As :meth:`DaskMetaRL.memory_report`."""
@@ -719,10 +916,34 @@ class DaskMetaSL:
 
     @property
     def rebuilds(self) -> int:
+        """Shards rebuilt after a worker was lost (since construction)."""
         return self._cluster.rebuilds
 
     def __repr__(self) -> str:
         return f"DaskMetaSL(n_tasks={self.n_tasks}, shards={len(self._cluster.shards)})"
+
+
+class _StreamDigest:
+    """:func:`fastmeta._optim.digest` of a float64 vector of known length, fed in pieces."""
+
+    def __init__(self, length: int):
+        import hashlib
+
+        from ._fingerprint import DIGEST_SIZE
+
+        self._h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        self._h.update(f"nd:{np.dtype(np.float64).str}:{(length,)}:".encode())  # array_digest's header
+        self._left = length
+
+    def update(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=np.float64).ravel()
+        self._left -= arr.size
+        self._h.update(memoryview(arr).cast("B"))
+
+    def hexdigest(self) -> str:
+        if self._left != 0:
+            raise RuntimeError("the workers' packed data does not have the sizes they described")
+        return "blake2b:" + self._h.hexdigest()
 
 
 def _reduce_rows(model: Any, rows: np.ndarray) -> np.ndarray:

@@ -1,11 +1,11 @@
 """DaskMetaRL / DaskMetaSL: the same bits as one process, through worker loss and cluster restarts.
 
-One-process references are computed on a worker of the cluster (``_on_worker``):
-Numba's freshly compiled kernels and the same kernels loaded from its on-disk cache
-may differ in the last bits, and the pytest process may have compiled them fresh
-while the workers load them from the cache. Every kernel the tests use is compiled
-(and cached) in this process before the cluster starts, so all workers load the
-same machine code.
+Every one-process reference is computed here, in the test process, whatever this
+process compiled itself or loaded from Numba's cache before: the kernels are compiled
+without reassociation or contraction (fastmeta/_kernels/_config.py), so every
+compilation of a kernel rounds the same way, and the workers receive arrays of the
+client's types (one compilation per kernel, the client's). No kernel is compiled
+ahead of the cluster on purpose.
 """
 import os
 import signal
@@ -80,24 +80,30 @@ def _sl_reference(tasks, model, theta, steps):
 
 @pytest.fixture(scope="module")
 def client():
-    # Compile (and cache) every kernel here first; see the module docstring.
-    for make in RL_CASES.values():
-        (tasks, phi), settings = make()
-        _rl_reference(tasks, fastmeta.LinearEnergy(phi), settings, np.zeros(phi.shape[-1]), 0)
-    big = _slip_factory((40, 0))  # the solver "auto" picks for the worker-loss test's tasks
-    _rl_reference(big, fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0)), {},
-                  np.zeros(8), 0)
-    for make in SL_MODELS.values():
-        model = make()
-        _sl_reference(_sl_tasks(), model, fastmeta.MetaSL(_sl_tasks(), model).init_params(), 0)
     cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0")
     with Client(cluster) as c:
         yield c
     cluster.close()
 
 
-def _on_worker(client, fn, *args):
-    return client.submit(fn, *args, pure=False).result()
+def _kernel_signatures():
+    """{kernel: set of compiled signatures} of this process's fastmeta kernels."""
+    import importlib
+    import pkgutil
+
+    import numba
+
+    import fastmeta._kernels as kernels
+
+    out = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"fastmeta._kernels.{info.name}")
+        for obj in vars(module).values():
+            for dispatcher in (obj, getattr(obj, "serial", None), getattr(obj, "parallel", None)):
+                if isinstance(dispatcher, numba.core.registry.CPUDispatcher) and dispatcher.signatures:
+                    name = f"{info.name}.{dispatcher.py_func.__qualname__}"
+                    out.setdefault(name, set()).update(str(sig) for sig in dispatcher.signatures)
+    return out
 
 
 def _same_fit(a, b):
@@ -112,7 +118,7 @@ def test_rl_equals_one_process_bit_for_bit(client, case):
     model = fastmeta.LinearEnergy(phi)
     theta = np.random.default_rng(0).normal(size=model.n_params) * 0.3
     steps = 5 if case in ("mixed-batched", "mixed-sparse") else 0
-    (L, g), obj, dfe, tag, fit = _on_worker(client, _rl_reference, tasks, model, settings, theta, steps)
+    (L, g), obj, dfe, tag, fit = _rl_reference(tasks, model, settings, theta, steps)
     meta = DaskMetaRL(client, tasks, model, **settings)
     assert len(meta._cluster.shards) == min(2, len(meta._unit_tasks))
     L2, g2 = meta.value_and_grad(theta)
@@ -126,14 +132,40 @@ def test_rl_equals_one_process_bit_for_bit(client, case):
     # A unit is never split: every unit's tasks live on one worker.
     placed = sorted(u for units in meta.placement.values() for u in units)
     assert placed == list(range(len(meta._unit_tasks)))
+    # The workers ran kernels compiled for the client's array types, no other specialisation.
+    here = _kernel_signatures()
+    for worker, theirs in client.run(_kernel_signatures).items():
+        for kernel, signatures in theirs.items():
+            assert signatures <= here.get(kernel, set()), (worker, kernel, signatures - here.get(kernel, set()))
+
+
+def test_one_worker_equals_one_process():
+    (tasks, phi), _ = RL_CASES["mixed-batched"]()
+    model = fastmeta.LinearEnergy(phi)
+    theta = np.random.default_rng(1).normal(size=model.n_params) * 0.3
+    (L, g), obj, dfe, _, fit = _rl_reference(tasks, model, {}, theta, 5)
+    sl_tasks, sl_model = _sl_tasks(), SL_MODELS["mlp"]()
+    sl_theta = fastmeta.MetaSL(sl_tasks, sl_model).init_params() + 0.05
+    (Ls, gs), _, sl_fit = _sl_reference(sl_tasks, sl_model, sl_theta, 5)
+    with LocalCluster(processes=True, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as one:
+        meta = DaskMetaRL(one, tasks, model)
+        assert len(meta._cluster.shards) == 1
+        L2, g2 = meta.value_and_grad(theta)
+        assert L2 == L and np.array_equal(g2, g) and meta.objective(theta) == obj
+        assert np.array_equal(meta.grad_energy(theta), dfe)
+        _same_fit(meta.fit(theta, steps=5, lr=0.5, progress=False), fit)
+        sl = DaskMetaSL(one, sl_tasks, sl_model, eta=0.2)
+        Ls2, gs2 = sl.value_and_grad(sl_theta)
+        assert Ls2 == Ls and np.array_equal(gs2, gs)
+        _same_fit(sl.fit(sl_theta, steps=5, lr=0.1, progress=False), sl_fit)
 
 
 def test_sl_checkpoint_of_one_process_resumes_distributed(client, tmp_path):
     tasks, model = _sl_tasks(), SL_MODELS["linear"]()
     path = tmp_path / "sl.npz"
-    whole = _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False))
-    _on_worker(client, lambda: fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=2, lr=0.1, progress=False,
-                                                                          checkpoint=path))
+    whole = fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False)
+    fastmeta.MetaSL(tasks, model, eta=0.2).fit(steps=2, lr=0.1, progress=False, checkpoint=path)
     resumed = DaskMetaSL(client, tasks, model, eta=0.2).fit(steps=4, lr=0.1, progress=False, checkpoint=path,
                                                              resume=True)
     _same_fit(resumed, whole)
@@ -144,8 +176,8 @@ def test_sl_checkpoint_of_one_process_resumes_distributed(client, tmp_path):
 def test_sl_equals_one_process_bit_for_bit(client, name):
     tasks, model = _sl_tasks(), SL_MODELS[name]()
     theta = fastmeta.MetaSL(tasks, model).init_params() + 0.05
-    steps = 5 if name == "linear" else 0
-    (L, g), obj, fit = _on_worker(client, _sl_reference, tasks, model, theta, steps)
+    steps = 5 if name in ("linear", "mlp") else 0
+    (L, g), obj, fit = _sl_reference(tasks, model, theta, steps)
     meta = DaskMetaSL(client, tasks, model, eta=0.2)
     L2, g2 = meta.value_and_grad(theta)
     assert L2 == L and np.array_equal(g2, g)
@@ -162,7 +194,7 @@ def test_worker_killed_during_gradient(client):
     tasks = [t for spec in specs for t in _slip_factory(spec)]
     model = fastmeta.LinearEnergy(fastmeta.tasks.random_features(1600, 4, 8, seed=0))
     theta = np.full(model.n_params, 0.1)
-    (L, g), *_ = _on_worker(client, _rl_reference, tasks, model, {}, theta, 0)
+    (L, g), *_ = _rl_reference(tasks, model, {}, theta, 0)
     meta = DaskMetaRL(client, tasks, model)
     victim = meta._cluster.shards[0].worker
     pid = client.run(os.getpid, workers=[victim])[victim]
@@ -202,8 +234,7 @@ def test_fit_resumes_after_cluster_restart(client, tmp_path):
     assert first.value_and_grad(whole.theta)[0] == whole.objective[-1]
     # A checkpoint of one-process MetaRL resumes in DaskMetaRL (the same tag).
     one_path = tmp_path / "one.npz"
-    _on_worker(client, lambda: fastmeta.MetaRL(tasks, model, **settings).fit(
-        steps=3, lr=0.5, progress=False, checkpoint=one_path))
+    fastmeta.MetaRL(tasks, model, **settings).fit(steps=3, lr=0.5, progress=False, checkpoint=one_path)
     _same_fit(DaskMetaRL(client, tasks, model, **settings).fit(steps=5, lr=0.5, progress=False,
                                                                checkpoint=one_path, resume=True), whole)
 
@@ -214,7 +245,7 @@ def test_task_factory_builds_on_workers(client):
     theta = np.full(model.n_params, 0.2)
     tasks = [t for spec in specs for t in _slip_factory(spec)]
     for settings in ({}, {"solver": "splu"}):
-        (L, g), *_, tag, _ = _on_worker(client, _rl_reference, tasks, model, settings, theta, 0)
+        (L, g), *_, tag, _ = _rl_reference(tasks, model, settings, theta, 0)
         meta = DaskMetaRL.from_factory(client, _slip_factory, specs, model, **settings)
         assert meta.tasks is None and meta.n_tasks == len(tasks)
         L2, g2 = meta.value_and_grad(theta)
@@ -233,7 +264,8 @@ def test_task_factory_builds_on_workers(client):
         client.wait_for_workers(2, timeout=60)
 
 
-def test_no_worker_is_a_clear_error():
+def test_no_worker_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(fastmeta.distributed, "RESTART_GRACE_SECONDS", 0.5)
     cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
     with Client(cluster) as c:
         tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=2, size=4, seed=0)
@@ -277,3 +309,66 @@ def test_profile_command_with_scheduler(client, capsys, tmp_path):
 
     report = json.loads(out.read_text())["distributed"]
     assert report["gradient_seconds"] > 0 and sum(e["n_tasks"] for e in report["memory"].values()) == 3
+
+
+def _goal_sampler(rng, step):
+    """Step ``step``'s tasks: three goals of a 5 x 5 gridworld with a slip drawn from ``rng``."""
+    P = gridworld_kernel(5, slip=float(rng.uniform(0.05, 0.2)))
+    tasks = []
+    for goal in rng.choice(25, size=3, replace=False):
+        r = np.zeros((25, 4))
+        r[goal] = 1.0
+        tasks.append(fastmeta.TabularMDP(P, r, 0.9, np.full(25, 1 / 25)))
+    return tasks
+
+
+def test_rl_fit_with_sampler_resumes_the_stream(client, tmp_path):
+    phi = fastmeta.tasks.random_features(25, 4, 6, seed=3)
+    model = fastmeta.LinearEnergy(phi)
+    kwargs = dict(steps=4, lr=0.5, progress=False, sampler=_goal_sampler, seed=7)
+    whole = fastmeta.MetaRL(_goal_sampler(np.random.default_rng(0), 0), model).fit(**kwargs)
+    meta = DaskMetaRL(client, _goal_sampler(np.random.default_rng(1), 0), model)
+    _same_fit(meta.fit(**kwargs), whole)
+    path = tmp_path / "sampled.npz"
+    meta.fit(**{**kwargs, "steps": 2}, checkpoint=path)
+    resumed = meta.fit(**kwargs, checkpoint=path, resume=True)
+    _same_fit(resumed, whole)
+    assert resumed.extra["resumed_from"] == 2
+    # The checkpoint of the one-process sampled run resumes in the distributed class.
+    one = tmp_path / "one.npz"
+    fastmeta.MetaRL(_goal_sampler(np.random.default_rng(0), 0), model).fit(
+        **{**kwargs, "steps": 3}, checkpoint=one)
+    _same_fit(meta.fit(**kwargs, checkpoint=one, resume=True), whole)
+
+
+def _sl_factory(spec):
+    """Regression tasks of one spec (a seed), built where the factory runs."""
+    rng = np.random.default_rng(spec)
+    return [fastmeta.SLTask(rng.normal(size=(5, 3)), rng.normal(size=5), rng.normal(size=(4, 3)), rng.normal(size=4))
+            for _ in range(1 + spec % 3)]
+
+
+def test_sl_task_factory_and_sampler(client, tmp_path):
+    specs = [3, 4, 5, 6]
+    tasks = [t for spec in specs for t in _sl_factory(spec)]
+    for name in ("linear", "mlp"):
+        model = SL_MODELS[name]()
+        one = fastmeta.MetaSL(tasks, model, eta=0.2)
+        theta = one.init_params() + 0.05
+        meta = DaskMetaSL.from_factory(client, _sl_factory, specs, model, eta=0.2)
+        assert meta.tasks is None and meta.local is None and meta.n_tasks == len(tasks)
+        L, g = one.value_and_grad(theta)
+        L2, g2 = meta.value_and_grad(theta)
+        assert L2 == L and np.array_equal(g2, g)
+        # MetaSL's checkpoint tag, from data digested one spec at a time on the client.
+        assert meta.tag_components() == one.tag_components()
+    sampler = fastmeta.tasks.sinusoid_sampler(n_tasks=6, k_shot=4, k_query=3)
+    model = fastmeta.models.MLP(1, hidden=(8, 8))
+    one = fastmeta.MetaSL(fastmeta.tasks.sinusoid_tasks(2, k_shot=4, seed=0), model, eta=0.2)
+    kwargs = dict(steps=3, lr=0.05, progress=False, sampler=sampler, seed=11)
+    whole = one.fit(**kwargs)
+    meta = DaskMetaSL(client, fastmeta.tasks.sinusoid_tasks(3, k_shot=4, seed=1), model, eta=0.2)
+    _same_fit(meta.fit(**kwargs), whole)
+    path = tmp_path / "sl.npz"
+    one.fit(**{**kwargs, "steps": 1}, checkpoint=path)
+    _same_fit(meta.fit(**kwargs, checkpoint=path, resume=True), whole)
