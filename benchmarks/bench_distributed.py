@@ -93,6 +93,9 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     one.value_and_grad(theta)
     one_cpu = time.process_time() - cpu0
     shard_times = dist._cluster.map(_timed_partials, model.energy(theta), True)
+    # The part of a call that no worker can share: f and the vector-Jacobian product on the client.
+    client_side = statistics.median(timed(lambda: model.energy_vjp(theta, model.energy(theta)), 20)[0])
+    round_trip = statistics.median(timed(lambda: client.submit(_noop, pure=False).result(), 20)[0])
     S, A = size * size, 4
     units = len(dist._unit_tasks)
     shards = len(dist._cluster.shards)
@@ -100,7 +103,12 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
             "core": statistics.median(t_core),
             "one_all": t_one, "dist_all": t_dist, "setup": setup, "units": units, "shards": shards,
             "bytes_out": shards * S * A * 8, "bytes_back": S * A * 8, "bytes_between": (shards - 1) * S * A * 8,
-            "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report()}
+            "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report(),
+            "client_side": client_side, "round_trip": round_trip}
+
+
+def _noop() -> None:
+    return None
 
 
 def main() -> None:
@@ -115,8 +123,8 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     load_before = os.getloadavg()
-    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0",
-                           env={"NUMBA_NUM_THREADS": "1"})
+    # No thread settings: DaskMetaRL runs each worker's kernels on its Dask threads (here 1).
+    cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0")
     client = Client(cluster)
     try:
         big = compare(client, args.tasks, args.size, repeats=1, rounds=args.rounds)
@@ -146,7 +154,7 @@ machine shared with other jobs: load average {load_before[0]:.1f} before, {load_
 tasks are below the kernels' parallel threshold, so MetaRL computes {numba.get_num_threads()} tasks at once on
 {numba.get_num_threads()} threads: it already uses both cores), and the same with 1 thread (`task_workers=1`,
 `numba.set_num_threads(1)`: what each worker does). Distributed: LocalCluster of
-2 worker processes, 1 thread each, NUMBA_NUM_THREADS=1 on the workers. Numba cache warm (one
+2 worker processes, 1 thread each (DaskMetaRL sets each call's Numba threads to the worker's). Numba cache warm (one
 untimed call on each side first). Medians over {len(big['one_all'])} gradients (big problem) and
 {len(small['one_all'])} (small), the two sides alternating in rounds.
 
@@ -162,9 +170,17 @@ other jobs; the split of the work itself is even. The speed-up the work split al
 two free cores is one-process CPU / largest shard CPU =
 {big['one_cpu'] / max(c for _, c in big['shard_times']):.2f}x.
 
+Against the ideal: one process on one core over 2 = {big['core'] / 2 * 1e3:.0f} ms; 2 workers took
+{big['dist'] * 1e3:.0f} ms, {(big['dist'] - big['core'] / 2) * 1e3:.0f} ms more. The largest shard's own work was
+{max(w for w, _ in big['shard_times']) * 1e3:.0f} ms wall, so the call spent
+{(big['dist'] - max(w for w, _ in big['shard_times'])) * 1e3:.0f} ms outside the shards' kernels (shipping f, the running
+sum and the result; a bare Dask round trip took {big['round_trip'] * 1e3:.1f} ms). The client's own part of a call
+(f = f_theta and the vector-Jacobian product, {big['client_side'] * 1e3:.1f} ms) cannot be shared: with it, Amdahl's
+bound on 2 cores is {big['core'] / (big['client_side'] + (big['core'] - big['client_side']) / 2):.2f}x against one core.
+
 The second row is the overhead of a call where distribution cannot pay (n = 8, S = 100):
 {(small['dist'] - small['one']) * 1e3:.1f} ms per call more than one process (a Dask round trip:
-submit, schedule, run, gather, for each shard). Shard set-up (scatter the tasks, build the
+submit, schedule, run, gather; a bare round trip took {small['round_trip'] * 1e3:.1f} ms). Shard set-up (scatter the tasks, build the
 per-worker MetaRL): {big['setup']:.2f} s for the big problem, once.
 
 All timings (s), big problem, one process: {', '.join(f'{t:.2f}' for t in big['one_all'])};

@@ -118,10 +118,26 @@ def _build_rl(tasks: bytes | None, factory: Callable | None, picks: list | None,
     return _ShardMetaRL(tasks, _unpack(model), layout, **settings)
 
 
+def _use_worker_threads() -> None:
+    """Numba threads of this call = the Dask worker's threads (its share of the cores).
+
+    A worker process sees every core, so Numba (and MetaRL's units in parallel) would
+    start one thread per core in every worker: two workers on two cores ran four busy
+    threads. The setting is per calling thread and results do not depend on it.
+    """
+    import numba
+
+    try:
+        threads = int(_distributed().get_worker().state.nthreads)
+    except (ValueError, AttributeError):  # not inside a Dask task
+        return
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tuple[float, np.ndarray | None]]:
-    # A deserialised f may arrive read-only; numba compiles another specialisation for a
-    # read-only array, whose machine code may round differently. A writable C-order copy
-    # gives the kernels the array type they get from model.energy in one process.
+    _use_worker_threads()
+    # A deserialised f may arrive read-only or unaligned (another Numba specialisation);
+    # a writable C-order copy has the type model.energy gives the kernels in one process.
     f = np.array(f, dtype=np.float64, order="C", copy=True)
     return shard._partials(f, range(len(shard._units)), want_grad)
 
@@ -242,6 +258,7 @@ def _packed_sl(factory: Callable, spec: Any, model: bytes, settings: dict) -> tu
 
 
 def _sl_rows(shard: _ShardSL, theta: np.ndarray, mode: int):
+    _use_worker_threads()
     theta = np.array(theta, dtype=np.float64, order="C", copy=True)   # writable, as in _rl_partials
     return shard.rows(theta, mode)
 
