@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_distributed.py              # results in a scratch dir
     PYTHONPATH=. python benchmarks/bench_distributed.py --publish    # write bench_results/distributed.md
+    PYTHONPATH=. python benchmarks/bench_distributed.py --fastmath [--publish]   # kernels with / without reassoc
 
 Two measurements, each a median over repeats with the two sides alternating:
 
@@ -111,13 +112,103 @@ def _noop() -> None:
     return None
 
 
+FASTMATH_SETS = {"with reassoc, contract": "nsz,arcp,afn,reassoc,contract", "without": "nsz,arcp,afn"}
+
+
+def _fastmath_child(flags: str) -> None:
+    """Time a few gradients with the kernels compiled under ``flags``; print medians (wall, CPU) as JSON."""
+    import json
+
+    from fastmeta._kernels import _config
+
+    _config.FASTMATH.clear()  # before any kernel compiles: the jit options hold this very set
+    _config.FASTMATH.update(flags.split(","))
+    import fastmeta
+    from fastmeta.sl import MetaSL, SLTask
+
+    problems = {}
+    for S in (16, 64):
+        tasks, phi = fastmeta.tasks.random_mdps(n_tasks=64, n_states=S, n_actions=4, k=4, gamma=0.99,
+                                                n_features=16, seed=0)
+        meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi))
+        problems[f"meta-RL, RL^2 S = {S}, n = 64"] = (meta, 0.5 * np.random.default_rng(0).standard_normal(16))
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=4, size=100, seed=0)
+    problems["meta-RL, gridworld 10^4, 4 goals"] = (fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi)),
+                                                    np.full(phi.shape[-1], 0.1))
+    rng = np.random.default_rng(0)
+    sl = [SLTask(rng.normal(size=(10, 8)), rng.normal(size=10), rng.normal(size=(10, 8)), rng.normal(size=10))
+          for _ in range(32)]
+    for name, model in (("TwoLayerReLU 1024", fastmeta.TwoLayerReLU(8, 1024, seed=0)),
+                        ("MLP 64 x 64", fastmeta.models.MLP(8, hidden=(64, 64))), ("LinearModel", fastmeta.LinearModel())):
+        meta = MetaSL(sl, model, eta=0.1)
+        problems[f"meta-SL, {name}, 32 tasks"] = (meta, meta.init_params() + 0.01)
+    out = {}
+    for name, (meta, theta) in problems.items():
+        meta.value_and_grad(theta)
+        once = timed(lambda: meta.value_and_grad(theta), 1)[0][0]
+        walls, cpus = [], []
+        for _ in range(max(3, min(200, int(1.0 / max(once, 1e-5))))):
+            cpu = time.process_time()
+            walls += timed(lambda: meta.value_and_grad(theta), 1)[0]
+            cpus.append(time.process_time() - cpu)
+        out[name] = (statistics.median(walls), statistics.median(cpus))
+    print(json.dumps(out))
+
+
+def fastmath_study(rounds: int) -> str:
+    """The cost of compiling without reassoc/contract: each flag set in its own process and Numba cache."""
+    import json
+    import subprocess
+    import sys
+
+    runs: dict[str, list[dict]] = {name: [] for name in FASTMATH_SETS}
+    loads = [os.getloadavg()[0]]
+    scratch = Path(tempfile.gettempdir()) / "fastmeta-bench"
+    for _ in range(rounds):  # alternate, so a change of load hits both
+        for name, flags in FASTMATH_SETS.items():
+            env = dict(os.environ, NUMBA_CACHE_DIR=str(scratch / f"numba-{flags.replace(',', '-')}"))
+            done = subprocess.run([sys.executable, __file__, "--fastmath-child", flags], env=env, check=True,
+                                  capture_output=True, text=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            loads.append(os.getloadavg()[0])
+    a, b = FASTMATH_SETS
+    lines = [f"| problem | {a} (ms) | {b} (ms) | ratio | CPU {a} | CPU {b} | CPU ratio |", "|---|---|---|---|---|---|---|"]
+    for problem in runs[a][0]:
+        wa, ca = (statistics.median(r[problem][k] for r in runs[a]) for k in (0, 1))
+        wb, cb = (statistics.median(r[problem][k] for r in runs[b]) for k in (0, 1))
+        lines.append(f"| {problem} | {wa * 1e3:.3g} | {wb * 1e3:.3g} | {wb / wa:.2f}x | {ca * 1e3:.3g} | {cb * 1e3:.3g} "
+                     f"| {cb / ca:.2f}x |")
+    import numba
+
+    lines.append(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+                 f"Python {platform.python_version()}, numba {numba.__version__} ({numba.get_num_threads()} threads); "
+                 f"{rounds} rounds alternating, each flag set in its own process and Numba cache (the first "
+                 f"round compiles, every timing is after a warm-up call); medians over all rounds; load average "
+                 f"(1-minute) {min(loads):.1f} to {max(loads):.1f}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--publish", action="store_true", help="write bench_results/distributed.md")
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--size", type=int, default=100, help="grid side (S = size^2)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fastmath", action="store_true",
+                        help="instead: the cost of compiling the kernels without reassoc/contract")
+    parser.add_argument("--fastmath-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fastmath_child:
+        _fastmath_child(args.fastmath_child)
+        return
+    if args.fastmath:
+        text = "# Kernels with and without reassoc/contract\n\nCommand: `PYTHONPATH=. python " \
+               "benchmarks/bench_distributed.py --fastmath [--publish]`\n\n" + fastmath_study(args.rounds) + "\n"
+        out = Path("bench_results") if args.publish else Path(tempfile.gettempdir()) / "fastmeta-bench"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distributed_fastmath.md").write_text(text)
+        print(text)
+        return
 
     import numba
     from distributed import Client, LocalCluster

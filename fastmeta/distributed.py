@@ -13,7 +13,9 @@ Design
 * Units are partitioned once into shards, one per worker (meta-RL: contiguous runs
   of units). Each shard lives on its worker between calls as the result of a Dask
   task (a one-process MetaRL/MetaSL over the shard's tasks with the client's units
-  prescribed), so patterns and factorisation plans are built once.
+  prescribed), so patterns and factorisation plans are built once. Tasks and model
+  travel as one in-band pickle, so the worker's arrays have the client's types and
+  its kernels are the client's compilations (:func:`_pack`).
 * A call ships only the energy f (meta-RL) or theta (meta-SL). Meta-RL: every shard
   computes its per-unit partials, then the running sum passes along the shards in
   unit order with the additions of ``MetaRL._combine``, and one array comes back.
@@ -530,11 +532,12 @@ class DaskMetaRL(EnergyObjective):
 
     Notes
     -----
-    ``objective``, ``gradient``, ``value_and_grad``, ``grad_energy`` and ``fit`` equal
-    MetaRL's on the same tasks bit for bit. A checkpoint written by either class
-    resumes in the other. The theory measures of :mod:`fastmeta.theory` take a
-    one-process MetaRL: :meth:`local` builds one from the client's tasks (they need
-    every task's trace, which is no cheaper split up).
+    ``objective``, ``gradient``, ``value_and_grad``, ``grad_energy`` and ``fit`` (with or
+    without a task sampler) equal MetaRL's on the same tasks bit for bit, computed in the
+    client's process. A checkpoint written by either class resumes in the other. The
+    theory measures of :mod:`fastmeta.theory` take a one-process MetaRL: :meth:`local`
+    builds one from the client's tasks (they are written against MetaRL's per-task traces
+    and solver internals, not per-unit partials; docs/scaling.md).
     """
 
     _owner = "DaskMetaRL"
