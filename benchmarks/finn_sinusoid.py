@@ -65,9 +65,14 @@ def evaluate(meta: MetaSL, theta: np.ndarray, n_tasks: int, seed: int) -> np.nda
 
 
 def train(eta: float, iterations: int, chunk: int, seed: int, eval_tasks: int, workdir: str, label: str,
-          init: str = "uniform"):
-    """Meta-train in chunks (resuming from a checkpoint), evaluating after each chunk."""
-    sampler = sinusoid_sampler(25, k_shot=5, k_query=5)
+          init: str = "uniform", train_k: int = 10):
+    """Meta-train in chunks (resuming from a checkpoint), evaluating after each chunk.
+
+    Each training task has ``train_k`` support and ``train_k`` query points (Finn's data
+    generator draws 2K points per task and splits them in halves); evaluation always
+    fine-tunes on K = 5.
+    """
+    sampler = sinusoid_sampler(25, k_shot=train_k, k_query=train_k)
     model = MLP(1, hidden=(40, 40), seed=seed, init=init)
     meta = MetaSL(sampler(np.random.default_rng(seed), 0).tasks(), model, eta=eta)
     ckpt = os.path.join(workdir, f"finn_{label}.npz")
@@ -173,6 +178,9 @@ def main() -> None:
     ap.add_argument("--timing-steps", type=int, default=105)
     ap.add_argument("--skip-pretraining", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--train-k", type=int, default=10,
+                    help="support (and query) points per training task: 10 in Finn et al. section 5.1 "
+                         "(one model, fine-tuned on K = 5 at test); 5 trains on the test's K")
     ap.add_argument("--init", default="uniform", choices=("uniform", "normal"),
                     help="MLP initialisation: PyTorch's default or Finn's TensorFlow code")
     ap.add_argument("--publish", action="store_true", help="write bench_results/finn.md")
@@ -190,14 +198,14 @@ def main() -> None:
     timing = None if args.skip_timing else time_steps(args.timing_steps, args.seed)
     print("per meta-step (s):", timing, flush=True)
     _, _, maml_curve, maml_s = train(ETA, args.iterations, chunk, args.seed, args.eval_tasks, args.out, "maml",
-                                     args.init)
+                                     args.init, args.train_k)
     pre_curve, pre_s = [], 0.0
     if not args.skip_pretraining:
         _, _, pre_curve, pre_s = train(0.0, args.iterations, chunk, args.seed, args.eval_tasks, args.out,
-                                       "pretrained", args.init)
+                                       "pretrained", args.init, args.train_k)
     load_after = uptime()
     import numba
-    result = {"iterations": args.iterations, "seed": args.seed, "init": args.init, "maml_curve": maml_curve, "maml_seconds": maml_s,
+    result = {"iterations": args.iterations, "seed": args.seed, "init": args.init, "train_k": args.train_k, "maml_curve": maml_curve, "maml_seconds": maml_s,
               "pretrained_curve": pre_curve, "pretrained_seconds": pre_s, "timing": timing,
               "load_before": load_before, "load_after": load_after, "numba_threads": numba.get_num_threads(),
               "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
@@ -242,7 +250,7 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in runs:
-        name = f"seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}"
+        name = f"train K {x.get('train_k', 5)}, seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}"
         med = x.get("maml_median")
         lines.append(f"| MAML, {name} | {x['maml_seconds']:.0f} s{x.get('note', '')} | {_fmt(x['maml_mean'])} | "
                      f"{_fmt(med) if med else ' | '.join(['n/a'] * 3)} |")
@@ -281,7 +289,7 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
               f"{r['numba_threads']}, torch threads {t['torch_threads'] if t else 'n/a'}, warm Numba cache; Python "
               f"{r['python']}, NumPy {r['numpy']}, Numba {r['numba']}."]
     for x in runs:
-        lines.append(f"- seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}: load before "
+        lines.append(f"- train K {x.get('train_k', 5)}, seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}: load before "
                      f"`{x['load_before']}`, after `{x['load_after']}`.")
     lines.append("")
     return "\n".join(lines)
