@@ -39,11 +39,32 @@ ROOT = Path(__file__).resolve().parents[1]
 N_TASKS, N_ACTIONS, K, D, GAMMA, HIDDEN = 8, 4, 4, 16, 0.99, 64
 
 
-def problem(n_states: int):
+def problem(n_states: int, solver: str = "auto"):
     import fastmeta
     tasks, phi = fastmeta.tasks.random_mdps(n_tasks=N_TASKS, n_states=n_states, n_actions=N_ACTIONS, k=K,
                                             gamma=GAMMA, n_features=D, seed=0)
-    return tasks, phi, fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0)
+    return tasks, phi, fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver=solver)
+
+
+def with_solvers(tasks, phi, meta, solvers: list[str]) -> dict:
+    """``{label: MetaRL}``: ``meta`` (solver "auto") and the same problem with each other solver."""
+    import fastmeta
+    metas = {"auto": meta}
+    for solver in solvers:
+        if solver != "auto":
+            metas[solver] = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver=solver)
+    return metas
+
+
+def step_report(fns: dict, metas: dict, f_of_params, grads: dict, repeats: int) -> dict:
+    """Interleave every step (and fastmeta alone, from NumPy, at the same energy); check the gradients."""
+    f = np.asarray(f_of_params())
+    for label, meta in metas.items():
+        fns[f"fastmeta alone {label}"] = lambda meta=meta: meta.value_and_grad_energy(f)
+    out = interleaved(fns, repeats)
+    out["max_rel_grad_diff"] = max(max_rel_diff(g, grads["native"]) for k, g in grads.items() if k != "native")
+    out["solver"] = {label: ", ".join(meta.solver_methods) for label, meta in metas.items()}
+    return out
 
 
 def mlp_init(seed: int = 0) -> list[np.ndarray]:
@@ -117,15 +138,15 @@ def child_overhead(framework: str, repeats: int) -> dict:
     return interleaved(fns, repeats)
 
 
-def child_step_torch(n_states: int, repeats: int) -> dict:
+def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
     import torch
 
     import fastmeta.torch
     tasks, phi, meta = problem(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
     S, A = meta.n_states, meta.n_actions
     X = torch.from_numpy(phi.reshape(S * A, D))
     params = [torch.tensor(p, requires_grad=True) for p in mlp_init()]
-    L = fastmeta.torch.meta_rl(meta)
     kernels = [torch.from_numpy(t.dense_P()) for t in tasks]
     rewards = [torch.from_numpy(t.r) for t in tasks]
     inits = [torch.from_numpy(t.init) for t in tasks]
@@ -156,26 +177,23 @@ def child_step_torch(n_states: int, repeats: int) -> dict:
             return [p.grad.clone() for p in params]
         return run
 
-    bridge, native = step(L), step(native_L)
-    g_bridge, g_native = bridge(), native()
-    err = max_rel_diff([g.numpy() for g in g_bridge], [g.numpy() for g in g_native])
-    out = interleaved({"bridge": bridge, "native": native}, repeats)
-    out["max_rel_grad_diff"] = err
-    out["solver"] = ", ".join(meta.solver_methods)
-    return out
+    fns = {"native": step(native_L)}
+    fns.update({f"bridge {label}": step(fastmeta.torch.meta_rl(m)) for label, m in metas.items()})
+    grads = {name: [g.numpy() for g in fn()] for name, fn in fns.items()}
+    return step_report(fns, metas, lambda: energy().detach().numpy(), grads, repeats)
 
 
-def child_step_jax(n_states: int, repeats: int) -> dict:
+def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     import fastmeta.jax
     tasks, phi, meta = problem(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
     S, A = meta.n_states, meta.n_actions
     X = jnp.asarray(phi.reshape(S * A, D))
     params = [jnp.asarray(p) for p in mlp_init()]
-    L = fastmeta.jax.meta_rl(meta)
     kernels = [jnp.asarray(t.dense_P()) for t in tasks]
     rewards = [jnp.asarray(t.r) for t in tasks]
     inits = [jnp.asarray(t.init) for t in tasks]
@@ -198,16 +216,14 @@ def child_step_jax(n_states: int, repeats: int) -> dict:
             total = total + zeta @ V_i
         return total / len(kernels)
 
-    bridge_vg = jax.jit(jax.grad(lambda p: L(energy(p))))
-    native_vg = jax.jit(jax.grad(lambda p: native_L(energy(p))))
-    g_bridge = jax.block_until_ready(bridge_vg(params))
-    g_native = jax.block_until_ready(native_vg(params))
-    err = max_rel_diff([np.asarray(g) for g in g_bridge], [np.asarray(g) for g in g_native])
-    out = interleaved({"bridge": lambda: jax.block_until_ready(bridge_vg(params)),
-                       "native": lambda: jax.block_until_ready(native_vg(params))}, repeats)
-    out["max_rel_grad_diff"] = err
-    out["solver"] = ", ".join(meta.solver_methods)
-    return out
+    def step(objective):
+        grad = jax.jit(jax.grad(lambda p: objective(energy(p))))
+        return lambda: jax.block_until_ready(grad(params))
+
+    fns = {"native": step(native_L)}
+    fns.update({f"bridge {label}": step(fastmeta.jax.meta_rl(m)) for label, m in metas.items()})
+    grads = {name: [np.asarray(g) for g in fn()] for name, fn in fns.items()}
+    return step_report(fns, metas, lambda: energy(params), grads, repeats)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -256,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--step-states", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--step-solvers", default="auto,dense,krylov",
+                        help="fastmeta solvers timed in the training step, side by side (\"auto\" always)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--publish", action="store_true", help="write bench_results/bridges.md")
     parser.add_argument("--render", metavar="JSON", help="only render the tables from a saved run's .json")
@@ -265,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "overhead":
             res = child_overhead(framework, repeats)
         else:
-            res = (child_step_torch if framework == "torch" else child_step_jax)(n, repeats)
+            solvers = args.child[4].split(",") if len(args.child) > 4 else ["auto"]
+            res = (child_step_torch if framework == "torch" else child_step_jax)(n, repeats, solvers)
         print(json.dumps(res))
         return 0
 
@@ -301,7 +320,8 @@ def measure(args: argparse.Namespace) -> dict:
         print(fw, "overhead", results["overhead"][fw], flush=True)
     for n in args.step_states:
         for fw in ("torch", "jax"):
-            results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats)], args.timeout)
+            results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats),
+                                                      args.step_solvers], args.timeout)
             print(fw, n, results["step"][f"{fw}-{n}"], flush=True)
     load_after = os.getloadavg()
     return {"started": started, "conditions": conditions(), "load_before": load_before, "load_after": load_after,
@@ -337,22 +357,26 @@ def render(run: dict) -> str:
               "load noise of the whole gradient (several percent either way here) would otherwise hide.", "",
               f"## Training step: MLP energy ({D} -> {HIDDEN} -> {HIDDEN} -> 1, tanh, float64), forward + "
               "meta-objective + backward", "",
-              "| S | framework | fastmeta bridge (solver) | native dense | native / bridge: of the medians "
-              "(median of per-round ratios) | max rel. gradient difference |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "Every row of one S and framework was timed interleaved in one process (the native step, the "
+              "bridge with each fastmeta solver, and fastmeta alone from NumPy at the same energy).", "",
+              "| S | framework | fastmeta solver (resolved) | fastmeta alone (NumPy) | bridge step | native dense step | "
+              "native / bridge: of the medians (median of per-round ratios) | max rel. gradient difference |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, res in results["step"].items():
         fw, n = key.split("-")
         if "error" in res:
-            lines.append(f"| {n} | {fw} | | | {res['error']} | |")
-        else:
-            lines.append(f"| {n} | {fw} | {ms(res['bridge']['median'])} ({res.get('solver', '?')}) | "
-                         f"{ms(res['native']['median'])} | "
-                         f"{res['native']['median'] / res['bridge']['median']:.1f}x ({res['native']['ratio']:.1f}x) | "
-                         f"{res['max_rel_grad_diff']:.1e} |")
-    lines += ["", "Target: the bridge is faster (native / bridge > 1) at S >= 300. The gradient column checks "
-              "that both steps compute the same gradient. The solver is the one fastmeta's `solver=\"auto\"` "
-              "chose: where it is dense LU, fastmeta and the native code do the same LAPACK work per "
-              "policy, so the two are close; fastmeta pulls ahead once it switches to sparse solvers."]
+            lines.append(f"| {n} | {fw} | | | | | {res['error']} | |")
+            continue
+        native = res["native"]
+        for label, resolved in res["solver"].items():
+            bridge, alone = res[f"bridge {label}"], res[f"fastmeta alone {label}"]
+            lines.append(f"| {n} | {fw} | {label} ({resolved}) | {ms(alone['median'])} | {ms(bridge['median'])} | "
+                         f"{ms(native['median'])} | {native['median'] / bridge['median']:.1f}x "
+                         f"({1 / bridge['ratio']:.1f}x) | {res['max_rel_grad_diff']:.1e} |")
+    lines += ["", "Target: the bridge is faster (native / bridge > 1) at S >= 300 (with `solver=\"auto\"`, the "
+              "user's default). The gradient column is the largest difference of any bridge's gradient from the "
+              "native one. The bridge step minus fastmeta alone is the network (forward and backward) plus the "
+              "bridge's own cost."]
     hangs = ROOT / "bench_results" / "bridge_hangs.json"
     if hangs.exists():
         study = json.loads(hangs.read_text())
