@@ -56,11 +56,16 @@ def with_solvers(tasks, phi, meta, solvers: list[str]) -> dict:
     return metas
 
 
-def step_report(fns: dict, metas: dict, f_of_params, grads: dict, repeats: int) -> dict:
-    """Interleave every step (and fastmeta alone, from NumPy, at the same energy); check the gradients."""
+def step_report(fns: dict, metas: dict, f_of_params, grads: dict, repeats: int, call=None) -> dict:
+    """Interleave every step (and fastmeta alone, from NumPy, at the same energy); check the gradients.
+
+    ``call(fn, f)`` runs fastmeta alone; the PyTorch child passes the bridge's own wrapper, which keeps
+    PyTorch's thread count, so that the native step after it is not slowed by fastmeta's side effect.
+    """
     f = np.asarray(f_of_params())
+    call = call or (lambda fn, x: fn(x))
     for label, meta in metas.items():
-        fns[f"fastmeta alone {label}"] = lambda meta=meta: meta.value_and_grad_energy(f)
+        fns[f"fastmeta alone {label}"] = lambda meta=meta: call(meta.value_and_grad_energy, f)
     out = interleaved(fns, repeats)
     out["max_rel_grad_diff"] = max(max_rel_diff(g, grads["native"]) for k, g in grads.items() if k != "native")
     out["solver"] = {label: ", ".join(meta.solver_methods) for label, meta in metas.items()}
@@ -138,12 +143,10 @@ def child_overhead(framework: str, repeats: int) -> dict:
     return interleaved(fns, repeats)
 
 
-def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
+def torch_step_parts(n_states: int):
+    """(tasks, phi, meta, step) with ``step(objective)`` the PyTorch training step on ``objective(energy)``."""
     import torch
-
-    import fastmeta.torch
     tasks, phi, meta = problem(n_states)
-    metas = with_solvers(tasks, phi, meta, solvers)
     S, A = meta.n_states, meta.n_actions
     X = torch.from_numpy(phi.reshape(S * A, D))
     params = [torch.tensor(p, requires_grad=True) for p in mlp_init()]
@@ -177,10 +180,51 @@ def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
             return [p.grad.clone() for p in params]
         return run
 
+    return tasks, phi, meta, step, native_L, lambda: energy().detach().numpy()
+
+
+def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
+    import fastmeta.torch
+    from fastmeta.bridges.torch import call_keeping_torch_threads
+    tasks, phi, meta, step, native_L, energy = torch_step_parts(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
     fns = {"native": step(native_L)}
     fns.update({f"bridge {label}": step(fastmeta.torch.meta_rl(m)) for label, m in metas.items()})
     grads = {name: [g.numpy() for g in fn()] for name, fn in fns.items()}
-    return step_report(fns, metas, lambda: energy().detach().numpy(), grads, repeats)
+    return step_report(fns, metas, energy, grads, repeats, call_keeping_torch_threads)
+
+
+def child_interplay(n_states: int, repeats: int) -> dict:
+    """The native PyTorch step right after a fastmeta gradient, and right after another native step.
+
+    Both fastmeta (Numba's parallel kernels) and PyTorch run thread pools; with Numba's OpenMP
+    layer the process holds two OpenMP runtimes (the system's libgomp and PyTorch's own). This
+    times how much a fastmeta call slows the PyTorch work that follows it, whatever the layer is.
+    """
+    import numba
+    import torch
+
+    from fastmeta.bridges.torch import call_keeping_torch_threads
+    _, _, meta, step, native_L, energy = torch_step_parts(n_states)
+    native, f = step(native_L), energy()
+    threads = torch.get_num_threads()  # the user's setting, before any fastmeta call
+    call_keeping_torch_threads(meta.value_and_grad_energy, f)
+    native()
+    after = {"after fastmeta": [], "after fastmeta, threads kept": [], "after native": []}
+    for _ in range(repeats):
+        for case in after:
+            if case == "after fastmeta":
+                meta.value_and_grad_energy(f)
+            elif case == "after fastmeta, threads kept":
+                torch.set_num_threads(threads)  # undo the previous case's side effect first
+                call_keeping_torch_threads(meta.value_and_grad_energy, f)
+            t0 = time.perf_counter()
+            native()
+            after[case].append(time.perf_counter() - t0)
+    out = {case: {"median": statistics.median(ts), "max": max(ts)} for case, ts in after.items()}
+    out["torch threads"] = threads
+    out["layer"] = numba.threading_layer()
+    return out
 
 
 def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
@@ -227,9 +271,9 @@ def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent
-def run_child(args: list[str], timeout: float) -> dict:
+def run_child(args: list[str], timeout: float, **env_vars: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_vars)
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -277,11 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--publish", action="store_true", help="write bench_results/bridges.md")
     parser.add_argument("--render", metavar="JSON", help="only render the tables from a saved run's .json")
+    parser.add_argument("--notes", metavar="MD", help="a markdown file appended to the tables as notes")
     args = parser.parse_args(argv)
     if args.child:
         kind, framework, n, repeats = args.child[0], args.child[1], int(args.child[2]), int(args.child[3])
         if kind == "overhead":
             res = child_overhead(framework, repeats)
+        elif kind == "interplay":
+            res = child_interplay(n, repeats)
         else:
             solvers = args.child[4].split(",") if len(args.child) > 4 else ["auto"]
             res = (child_step_torch if framework == "torch" else child_step_jax)(n, repeats, solvers)
@@ -293,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         run = json.loads(Path(args.render).read_text())
     else:
         run = measure(args)
-        out.with_suffix(".json").write_text(json.dumps(run, indent=1))
+    if args.notes:
+        run["notes"] = Path(args.notes).read_text().strip()
+    out.with_suffix(".json").write_text(json.dumps(run, indent=1))
     text = render(run)
     out.write_text(text)
     print(text)
@@ -323,6 +372,12 @@ def measure(args: argparse.Namespace) -> dict:
             results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats),
                                                       args.step_solvers], args.timeout)
             print(fw, n, results["step"][f"{fw}-{n}"], flush=True)
+    results["interplay"] = {}
+    for layer in ("omp", "workqueue"):
+        res = run_child(["interplay", "torch", "300", str(args.step_repeats)], args.timeout,
+                        NUMBA_THREADING_LAYER=layer)
+        results["interplay"][layer] = res
+        print("interplay", layer, res, flush=True)
     load_after = os.getloadavg()
     return {"started": started, "conditions": conditions(), "load_before": load_before, "load_after": load_after,
             "repeats": args.repeats, "step_repeats": args.step_repeats, "results": results}
@@ -377,6 +432,22 @@ def render(run: dict) -> str:
               "user's default). The gradient column is the largest difference of any bridge's gradient from the "
               "native one. The bridge step minus fastmeta alone is the network (forward and backward) plus the "
               "bridge's own cost."]
+    if results.get("interplay"):
+        lines += ["", "## PyTorch after a fastmeta call (S = 300): is the native column even-handed?", "",
+                  "The native PyTorch step timed right after a fastmeta gradient and right after another native "
+                  "step, in one process per Numba threading layer (`NUMBA_THREADING_LAYER`):", "",
+                  "| Numba layer | native step after a fastmeta call: median (max) | after the bridge's call "
+                  "(PyTorch's thread count kept) | after a native step |",
+                  "| --- | --- | --- | --- |"]
+        for layer, res in results["interplay"].items():
+            if "error" in res:
+                lines.append(f"| {layer} | {res['error']} | |")
+                continue
+            cells = [f"{ms(res[c]['median'])} ({ms(res[c]['max'])})"
+                     for c in ("after fastmeta", "after fastmeta, threads kept", "after native")]
+            lines.append(f"| {res['layer']} | " + " | ".join(cells) + " |")
+    if run.get("notes"):
+        lines += ["", "## Notes", "", run["notes"]]
     hangs = ROOT / "bench_results" / "bridge_hangs.json"
     if hangs.exists():
         study = json.loads(hangs.read_text())
