@@ -150,7 +150,7 @@ def final_theta(path: str) -> np.ndarray:
 def summarize(dirs: list[str], publish: bool, notes: str = "") -> None:
     """Every run in ``dirs`` (finn.json + final checkpoints) in one table, re-evaluated on the
     same 600 held-out tasks: mean and median query MSE (the mean is the published statistic)."""
-    runs, main_run = [], None
+    runs = []
     for d in dirs:
         with open(os.path.join(d, "finn.json")) as f:
             r = json.load(f)
@@ -166,9 +166,11 @@ def summarize(dirs: list[str], publish: bool, notes: str = "") -> None:
                 r[f"{label}_mean"] = [float(M[:, k].mean()) for k in EVAL_STEPS]
                 r[f"{label}_median"] = [float(np.median(M[:, k])) for k in EVAL_STEPS]
                 r[f"{label}_worst"] = [float(M[:, k].max()) for k in EVAL_STEPS]
+                # Finn et al.'s test reports the same: 1.96 standard deviations over sqrt(tasks)
+                r[f"{label}_ci95"] = [float(1.96 * M[:, k].std() / np.sqrt(M.shape[0])) for k in EVAL_STEPS]
         runs.append(r)
-        if r.get("timing") and main_run is None:
-            main_run = r
+    # the learning curve of the first run listed; the per-step timing of the first run that measured it
+    main_run = dict(runs[0], timing=next((r["timing"] for r in runs if r.get("timing")), None))
     text = render(main_run, runs) + (f"\n## Notes\n\n{notes}\n" if notes else "")
     dest = os.path.join("bench_results" if publish else dirs[0], "finn.md")
     with open(dest, "w") as f:
@@ -256,13 +258,15 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
         runs = [dict(r, maml_mean=r["maml_curve"][-1]["mse"],
                      pretrained_mean=r["pretrained_curve"][-1]["mse"] if r["pretrained_curve"] else None)]
     lines += [
-        "| run | training wall time | mean MSE k = 1 | k = 5 | k = 10 | median k = 1 | k = 5 | k = 10 | worst task k = 1 / 5 / 10 |",
+        "| run | training wall time | mean MSE ± 95% CI k = 1 | k = 5 | k = 10 | median k = 1 | k = 5 | k = 10 | worst task k = 1 / 5 / 10 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def stats(x: dict, label: str) -> str:
-        med, worst = x.get(f"{label}_median"), x.get(f"{label}_worst")
-        return (f"{_fmt(x[f'{label}_mean'])} | {_fmt(med) if med else ' | '.join(['n/a'] * 3)} | "
+        med, worst, ci = x.get(f"{label}_median"), x.get(f"{label}_worst"), x.get(f"{label}_ci95")
+        mean = (" | ".join(f"{m:.3f} ± {c:.3f}" for m, c in zip(x[f"{label}_mean"], ci)) if ci
+                else _fmt(x[f"{label}_mean"]))
+        return (f"{mean} | {_fmt(med) if med else ' | '.join(['n/a'] * 3)} | "
                 + (" / ".join(f"{w:.1f}" for w in worst) if worst else "n/a") + " |")
 
     groups: dict = {}
@@ -284,7 +288,8 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
         "| Finn et al., published pretrained | | 2.41 | 2.23 | 2.19 | | | | |",
         "| standard PyTorch implementation on this machine (the issue's figure) | 895 s | 0.61 | 0.47 | 0.42 | | | | |",
         "",
-        f"Learning curve of the first run (seed {r.get('seed', 0)}, init {r.get('init', 'uniform')}): mean query "
+        f"Learning curve of the first run (train K {r.get('train_k', 5)}, seed {r.get('seed', 0)}, init "
+        f"{r.get('init', 'uniform')}): mean query "
         "MSE on 100 held-out tasks after each chunk (the last row on 600):",
         "",
         "| iteration | seconds | train MSE (chunk mean) | 1 step | 5 steps | 10 steps |",
@@ -295,7 +300,8 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
     if t is not None:
         lines += [
             "",
-            f"## One meta-step (25 fresh tasks, exact meta-gradient, Adam), median of {t['steps'] - 5}, interleaved",
+            f"## One meta-step (25 fresh tasks of K = 5 + 5, exact meta-gradient, Adam), median of "
+            f"{t['steps'] - 5}, interleaved",
             "",
             "| implementation | per meta-step | x fastmeta |",
             "| --- | --- | --- |",
