@@ -195,79 +195,33 @@ def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
 
 
 def child_interplay(n_states: int, repeats: int) -> dict:
-    """The native PyTorch step right after a fastmeta gradient, and right after another native step.
+    """The native PyTorch step at the thread count the start of fastmeta's thread pool leaves, and at the user's.
 
-    Both fastmeta (Numba's parallel kernels) and PyTorch run thread pools; with Numba's OpenMP
-    layer the process holds two OpenMP runtimes (the system's libgomp and PyTorch's own). This
-    times how much a fastmeta call slows the PyTorch work that follows it, whatever the layer is.
+    Numba's OpenMP layer sets the OpenMP thread count when its pool starts, and PyTorch reads the
+    same setting. fastmeta now sets PyTorch's count back (at import, and after each bridge call);
+    this child starts the pool with a direct NumPy-API call, which nothing guards, records the count
+    it leaves, and times the native step at that count and at the user's, alternating.
     """
     import numba
     import torch
-
-    from fastmeta.bridges.torch import call_keeping_torch_threads
     _, _, meta, step, native_L, energy = torch_step_parts(n_states)
     native, f = step(native_L), energy()
-    threads = torch.get_num_threads()  # the user's setting, before any fastmeta call
-    call_keeping_torch_threads(meta.value_and_grad_energy, f)
-    native()
-    after = {"after fastmeta": [], "after fastmeta, threads kept": [], "after native": []}
+    before = torch.get_num_threads()  # the user's setting (OMP_NUM_THREADS)
+    meta.value_and_grad_energy(f)     # the first parallel kernel starts Numba's pool here
+    after = torch.get_num_threads()
+    counts = {"left by the pool start": after, "the user's": before}
+    times = {case: [] for case in counts}
     for _ in range(repeats):
-        for case in after:
-            if case == "after fastmeta":
-                meta.value_and_grad_energy(f)
-            elif case == "after fastmeta, threads kept":
-                torch.set_num_threads(threads)  # undo the previous case's side effect first
-                call_keeping_torch_threads(meta.value_and_grad_energy, f)
+        for case, threads in counts.items():
+            torch.set_num_threads(threads)
             t0 = time.perf_counter()
             native()
-            after[case].append(time.perf_counter() - t0)
-    out = {case: {"median": statistics.median(ts), "max": max(ts)} for case, ts in after.items()}
-    out["torch threads"] = threads
+            times[case].append(time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    out = {case: {"median": statistics.median(ts), "max": max(ts), "threads": counts[case]}
+           for case, ts in times.items()}
     out["layer"] = numba.threading_layer()
     return out
-
-
-def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
-    import jax
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    import fastmeta.jax
-    tasks, phi, meta = problem(n_states)
-    metas = with_solvers(tasks, phi, meta, solvers)
-    S, A = meta.n_states, meta.n_actions
-    X = jnp.asarray(phi.reshape(S * A, D))
-    params = [jnp.asarray(p) for p in mlp_init()]
-    kernels = [jnp.asarray(t.dense_P()) for t in tasks]
-    rewards = [jnp.asarray(t.r) for t in tasks]
-    inits = [jnp.asarray(t.init) for t in tasks]
-    eye = jnp.eye(S)
-
-    def energy(p):
-        h = jnp.tanh(X @ p[0] + p[1])
-        h = jnp.tanh(h @ p[2] + p[3])
-        return (h @ p[4] + p[5]).reshape(S, A)
-
-    def native_L(f):  # what benchmarks/baselines/jax_rl.py writes, from the energy
-        pi = jax.nn.softmax(f, axis=1)
-        total = 0.0
-        for P3, r, zeta in zip(kernels, rewards, inits):
-            V = (1 - GAMMA) * jnp.linalg.solve(eye - GAMMA * jnp.einsum("sa,sat->st", pi, P3), jnp.sum(pi * r, 1))
-            Q = (1 - GAMMA) * r + GAMMA * jnp.einsum("sat,t->sa", P3, V)
-            pi_i = jax.nn.softmax(f + Q, axis=1)
-            V_i = (1 - GAMMA) * jnp.linalg.solve(eye - GAMMA * jnp.einsum("sa,sat->st", pi_i, P3),
-                                                 jnp.sum(pi_i * r, 1))
-            total = total + zeta @ V_i
-        return total / len(kernels)
-
-    def step(objective):
-        grad = jax.jit(jax.grad(lambda p: objective(energy(p))))
-        return lambda: jax.block_until_ready(grad(params))
-
-    fns = {"native": step(native_L)}
-    fns.update({f"bridge {label}": step(fastmeta.jax.meta_rl(m)) for label, m in metas.items()})
-    grads = {name: [np.asarray(g) for g in fn()] for name, fn in fns.items()}
-    return step_report(fns, metas, lambda: energy(params), grads, repeats)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -433,18 +387,23 @@ def render(run: dict) -> str:
               "native one. The bridge step minus fastmeta alone is the network (forward and backward) plus the "
               "bridge's own cost."]
     if results.get("interplay"):
-        lines += ["", "## PyTorch after a fastmeta call (S = 300): is the native column even-handed?", "",
-                  "The native PyTorch step timed right after a fastmeta gradient and right after another native "
-                  "step, in one process per Numba threading layer (`NUMBA_THREADING_LAYER`):", "",
-                  "| Numba layer | native step after a fastmeta call: median (max) | after the bridge's call "
-                  "(PyTorch's thread count kept) | after a native step |",
-                  "| --- | --- | --- | --- |"]
+        lines += ["", "## PyTorch's thread count after fastmeta's thread pool starts (S = 300)", "",
+                  "Numba's OpenMP layer sets the OpenMP thread count when its pool starts, and PyTorch reads the "
+                  "same setting. One process per Numba threading layer (`NUMBA_THREADING_LAYER`): the pool "
+                  "started by a direct NumPy-API call (which nothing guards), then the native PyTorch step "
+                  "timed at the PyTorch thread count that start left and at the user's (`OMP_NUM_THREADS`), "
+                  "alternating. fastmeta now sets PyTorch's count back after starting its pool at import and "
+                  "after every bridge call, so the native columns above ran at the user's count; before, "
+                  "they ran at the other one.", "",
+                  "| Numba layer | PyTorch threads left by the pool start: native step median (max) | "
+                  "at the user's count |",
+                  "| --- | --- | --- |"]
         for layer, res in results["interplay"].items():
             if "error" in res:
                 lines.append(f"| {layer} | {res['error']} | |")
                 continue
-            cells = [f"{ms(res[c]['median'])} ({ms(res[c]['max'])})"
-                     for c in ("after fastmeta", "after fastmeta, threads kept", "after native")]
+            cells = [f"{res[c]['threads']} threads: {ms(res[c]['median'])} ({ms(res[c]['max'])})"
+                     for c in ("left by the pool start", "the user's")]
             lines.append(f"| {res['layer']} | " + " | ".join(cells) + " |")
     if run.get("notes"):
         lines += ["", "## Notes", "", run["notes"]]
