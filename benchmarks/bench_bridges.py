@@ -224,6 +224,49 @@ def child_interplay(n_states: int, repeats: int) -> dict:
     return out
 
 
+def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    import fastmeta.jax
+    tasks, phi, meta = problem(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
+    S, A = meta.n_states, meta.n_actions
+    X = jnp.asarray(phi.reshape(S * A, D))
+    params = [jnp.asarray(p) for p in mlp_init()]
+    kernels = [jnp.asarray(t.dense_P()) for t in tasks]
+    rewards = [jnp.asarray(t.r) for t in tasks]
+    inits = [jnp.asarray(t.init) for t in tasks]
+    eye = jnp.eye(S)
+
+    def energy(p):
+        h = jnp.tanh(X @ p[0] + p[1])
+        h = jnp.tanh(h @ p[2] + p[3])
+        return (h @ p[4] + p[5]).reshape(S, A)
+
+    def native_L(f):  # what benchmarks/baselines/jax_rl.py writes, from the energy
+        pi = jax.nn.softmax(f, axis=1)
+        total = 0.0
+        for P3, r, zeta in zip(kernels, rewards, inits):
+            V = (1 - GAMMA) * jnp.linalg.solve(eye - GAMMA * jnp.einsum("sa,sat->st", pi, P3), jnp.sum(pi * r, 1))
+            Q = (1 - GAMMA) * r + GAMMA * jnp.einsum("sat,t->sa", P3, V)
+            pi_i = jax.nn.softmax(f + Q, axis=1)
+            V_i = (1 - GAMMA) * jnp.linalg.solve(eye - GAMMA * jnp.einsum("sa,sat->st", pi_i, P3),
+                                                 jnp.sum(pi_i * r, 1))
+            total = total + zeta @ V_i
+        return total / len(kernels)
+
+    def step(objective):
+        grad = jax.jit(jax.grad(lambda p: objective(energy(p))))
+        return lambda: jax.block_until_ready(grad(params))
+
+    fns = {"native": step(native_L)}
+    fns.update({f"bridge {label}": step(fastmeta.jax.meta_rl(m)) for label, m in metas.items()})
+    grads = {name: [np.asarray(g) for g in fn()] for name, fn in fns.items()}
+    return step_report(fns, metas, lambda: energy(params), grads, repeats)
+
+
 # ----------------------------------------------------------------------------- parent
 def run_child(args: list[str], timeout: float, **env_vars: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
