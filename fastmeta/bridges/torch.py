@@ -14,11 +14,10 @@ because the saved dL/df is a constant to autograd and a second derivative throug
 would be silently wrong.
 
 PyTorch's intra-op thread count is kept as it was before each fastmeta call: Numba's
-OpenMP layer sets the OpenMP thread count when it starts a parallel kernel, and PyTorch
-reads the same setting (the two share one OpenMP runtime's symbols once both are loaded),
-so without this a user's ``torch.set_num_threads(1)`` or ``OMP_NUM_THREADS=1`` would be
-undone by the first fastmeta call (measured: MKL's LU in the following PyTorch step ran
-on every core of a busy machine, 10-30x slower, see ``bench_results/bridges.md``).
+OpenMP layer sets the OpenMP thread count when its thread pool starts, and PyTorch reads
+the same setting, so without this the ``OMP_NUM_THREADS=1`` of a user would be undone by
+the first fastmeta call (measured: the LU of the following PyTorch step then ran on both
+cores of a busy 2-core machine, about 40x slower, see ``bench_results/bridges.md``).
 """
 from __future__ import annotations
 
