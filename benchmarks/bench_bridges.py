@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/bench_bridges.py                # scratch: /tmp/fastmeta_bench_bridges.md
     PYTHONPATH=. python benchmarks/bench_bridges.py --publish      # bench_results/bridges.md
 
-Two measurements, each in fresh child processes (one per framework; JAX's CPU runtime
+Three measurements, each in fresh child processes (one per framework; JAX's CPU runtime
 can hang at random, so a child that overruns ``--timeout`` is reported as a hang):
 
 * overhead: one fastmeta gradient on RL^2 random MDPs (S = 1000, n = 8 tasks, k = 4,
@@ -15,7 +15,11 @@ can hang at random, so a child that overruns ``--timeout`` is reported as a hang
   + backward to the network's weights. "bridge" uses fastmeta for the meta-objective;
   "native" writes it in the framework with dense kernels and dense solves
   (``jnp.linalg.solve`` under ``jax.jit``; ``torch.linalg.solve``, eager) as in
-  ``benchmarks/baselines``, differentiated by the framework. Both interleaved in one process.
+  ``benchmarks/baselines``, differentiated by the framework. The bridge runs once per fastmeta
+  solver of ``--step-solvers`` ("auto", the user's default, and the others side by side), and
+  fastmeta alone from NumPy at the same energy; all interleaved in one process.
+* thread count: PyTorch's native step at the thread count that the start of Numba's pool
+  leaves and at the user's, one child per Numba threading layer.
 
 Every timed function runs once untimed first (numba cache load, jit tracing). Medians of
 ``--repeats`` interleaved rounds; the ratio column is the median of the per-round ratios.
