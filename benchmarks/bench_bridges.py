@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/bench_bridges.py                # scratch: /tmp/fastmeta_bench_bridges.md
     PYTHONPATH=. python benchmarks/bench_bridges.py --publish      # bench_results/bridges.md
 
-Two measurements, each in fresh child processes (one per framework; JAX's CPU runtime
+Three measurements, each in fresh child processes (one per framework; JAX's CPU runtime
 can hang at random, so a child that overruns ``--timeout`` is reported as a hang):
 
 * overhead: one fastmeta gradient on RL^2 random MDPs (S = 1000, n = 8 tasks, k = 4,
@@ -15,7 +15,11 @@ can hang at random, so a child that overruns ``--timeout`` is reported as a hang
   + backward to the network's weights. "bridge" uses fastmeta for the meta-objective;
   "native" writes it in the framework with dense kernels and dense solves
   (``jnp.linalg.solve`` under ``jax.jit``; ``torch.linalg.solve``, eager) as in
-  ``benchmarks/baselines``, differentiated by the framework. Both interleaved in one process.
+  ``benchmarks/baselines``, differentiated by the framework. The bridge runs once per fastmeta
+  solver of ``--step-solvers`` ("auto", the user's default, and the others side by side), and
+  fastmeta alone from NumPy at the same energy; all interleaved in one process.
+* thread count: PyTorch's native step at the thread count that the start of Numba's pool
+  leaves and at the user's, one child per Numba threading layer.
 
 Every timed function runs once untimed first (numba cache load, jit tracing). Medians of
 ``--repeats`` interleaved rounds; the ratio column is the median of the per-round ratios.
@@ -39,11 +43,37 @@ ROOT = Path(__file__).resolve().parents[1]
 N_TASKS, N_ACTIONS, K, D, GAMMA, HIDDEN = 8, 4, 4, 16, 0.99, 64
 
 
-def problem(n_states: int):
+def problem(n_states: int, solver: str = "auto"):
     import fastmeta
     tasks, phi = fastmeta.tasks.random_mdps(n_tasks=N_TASKS, n_states=n_states, n_actions=N_ACTIONS, k=K,
                                             gamma=GAMMA, n_features=D, seed=0)
-    return tasks, phi, fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0)
+    return tasks, phi, fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver=solver)
+
+
+def with_solvers(tasks, phi, meta, solvers: list[str]) -> dict:
+    """``{label: MetaRL}``: ``meta`` (solver "auto") and the same problem with each other solver."""
+    import fastmeta
+    metas = {"auto": meta}
+    for solver in solvers:
+        if solver != "auto":
+            metas[solver] = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver=solver)
+    return metas
+
+
+def step_report(fns: dict, metas: dict, f_of_params, grads: dict, repeats: int, call=None) -> dict:
+    """Interleave every step (and fastmeta alone, from NumPy, at the same energy); check the gradients.
+
+    ``call(fn, f)`` runs fastmeta alone; the PyTorch child passes the bridge's own wrapper, which keeps
+    PyTorch's thread count, so that the native step after it is not slowed by fastmeta's side effect.
+    """
+    f = np.asarray(f_of_params())
+    call = call or (lambda fn, x: fn(x))
+    for label, meta in metas.items():
+        fns[f"fastmeta alone {label}"] = lambda meta=meta: call(meta.value_and_grad_energy, f)
+    out = interleaved(fns, repeats)
+    out["max_rel_grad_diff"] = max(max_rel_diff(g, grads["native"]) for k, g in grads.items() if k != "native")
+    out["solver"] = {label: ", ".join(meta.solver_methods) for label, meta in metas.items()}
+    return out
 
 
 def mlp_init(seed: int = 0) -> list[np.ndarray]:
@@ -117,15 +147,13 @@ def child_overhead(framework: str, repeats: int) -> dict:
     return interleaved(fns, repeats)
 
 
-def child_step_torch(n_states: int, repeats: int) -> dict:
+def torch_step_parts(n_states: int):
+    """(tasks, phi, meta, step) with ``step(objective)`` the PyTorch training step on ``objective(energy)``."""
     import torch
-
-    import fastmeta.torch
     tasks, phi, meta = problem(n_states)
     S, A = meta.n_states, meta.n_actions
     X = torch.from_numpy(phi.reshape(S * A, D))
     params = [torch.tensor(p, requires_grad=True) for p in mlp_init()]
-    L = fastmeta.torch.meta_rl(meta)
     kernels = [torch.from_numpy(t.dense_P()) for t in tasks]
     rewards = [torch.from_numpy(t.r) for t in tasks]
     inits = [torch.from_numpy(t.init) for t in tasks]
@@ -156,26 +184,61 @@ def child_step_torch(n_states: int, repeats: int) -> dict:
             return [p.grad.clone() for p in params]
         return run
 
-    bridge, native = step(L), step(native_L)
-    g_bridge, g_native = bridge(), native()
-    err = max_rel_diff([g.numpy() for g in g_bridge], [g.numpy() for g in g_native])
-    out = interleaved({"bridge": bridge, "native": native}, repeats)
-    out["max_rel_grad_diff"] = err
-    out["solver"] = ", ".join(meta.solver_methods)
+    return tasks, phi, meta, step, native_L, lambda: energy().detach().numpy()
+
+
+def child_step_torch(n_states: int, repeats: int, solvers: list[str]) -> dict:
+    import fastmeta.torch
+    from fastmeta.bridges.torch import call_keeping_torch_threads
+    tasks, phi, meta, step, native_L, energy = torch_step_parts(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
+    fns = {"native": step(native_L)}
+    fns.update({f"bridge {label}": step(fastmeta.torch.meta_rl(m)) for label, m in metas.items()})
+    grads = {name: [g.numpy() for g in fn()] for name, fn in fns.items()}
+    return step_report(fns, metas, energy, grads, repeats, call_keeping_torch_threads)
+
+
+def child_interplay(n_states: int, repeats: int) -> dict:
+    """The native PyTorch step at the thread count the start of fastmeta's thread pool leaves, and at the user's.
+
+    Numba's OpenMP layer sets the OpenMP thread count when its pool starts, and PyTorch reads the
+    same setting. fastmeta now sets PyTorch's count back (at import, and after each bridge call);
+    this child starts the pool with a direct NumPy-API call, which nothing guards, records the count
+    it leaves, and times the native step at that count and at the user's, alternating.
+    """
+    import numba
+    import torch
+    _, _, meta, step, native_L, energy = torch_step_parts(n_states)
+    native, f = step(native_L), energy()
+    before = torch.get_num_threads()  # the user's setting (OMP_NUM_THREADS)
+    meta.value_and_grad_energy(f)     # the first parallel kernel starts Numba's pool here
+    after = torch.get_num_threads()
+    counts = {"left by the pool start": after, "the user's": before}
+    times = {case: [] for case in counts}
+    for _ in range(repeats):
+        for case, threads in counts.items():
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            native()
+            times[case].append(time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    out = {case: {"median": statistics.median(ts), "max": max(ts), "threads": counts[case]}
+           for case, ts in times.items()}
+    out["layer"] = numba.threading_layer()
     return out
 
 
-def child_step_jax(n_states: int, repeats: int) -> dict:
+def child_step_jax(n_states: int, repeats: int, solvers: list[str]) -> dict:
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     import fastmeta.jax
     tasks, phi, meta = problem(n_states)
+    metas = with_solvers(tasks, phi, meta, solvers)
     S, A = meta.n_states, meta.n_actions
     X = jnp.asarray(phi.reshape(S * A, D))
     params = [jnp.asarray(p) for p in mlp_init()]
-    L = fastmeta.jax.meta_rl(meta)
     kernels = [jnp.asarray(t.dense_P()) for t in tasks]
     rewards = [jnp.asarray(t.r) for t in tasks]
     inits = [jnp.asarray(t.init) for t in tasks]
@@ -198,22 +261,20 @@ def child_step_jax(n_states: int, repeats: int) -> dict:
             total = total + zeta @ V_i
         return total / len(kernels)
 
-    bridge_vg = jax.jit(jax.grad(lambda p: L(energy(p))))
-    native_vg = jax.jit(jax.grad(lambda p: native_L(energy(p))))
-    g_bridge = jax.block_until_ready(bridge_vg(params))
-    g_native = jax.block_until_ready(native_vg(params))
-    err = max_rel_diff([np.asarray(g) for g in g_bridge], [np.asarray(g) for g in g_native])
-    out = interleaved({"bridge": lambda: jax.block_until_ready(bridge_vg(params)),
-                       "native": lambda: jax.block_until_ready(native_vg(params))}, repeats)
-    out["max_rel_grad_diff"] = err
-    out["solver"] = ", ".join(meta.solver_methods)
-    return out
+    def step(objective):
+        grad = jax.jit(jax.grad(lambda p: objective(energy(p))))
+        return lambda: jax.block_until_ready(grad(params))
+
+    fns = {"native": step(native_L)}
+    fns.update({f"bridge {label}": step(fastmeta.jax.meta_rl(m)) for label, m in metas.items()})
+    grads = {name: [np.asarray(g) for g in fn()] for name, fn in fns.items()}
+    return step_report(fns, metas, lambda: energy(params), grads, repeats)
 
 
 # ----------------------------------------------------------------------------- parent
-def run_child(args: list[str], timeout: float) -> dict:
+def run_child(args: list[str], timeout: float, **env_vars: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_vars)
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -256,16 +317,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--step-states", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--step-solvers", default="auto,dense,krylov",
+                        help="fastmeta solvers timed in the training step, side by side (\"auto\" always)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--publish", action="store_true", help="write bench_results/bridges.md")
     parser.add_argument("--render", metavar="JSON", help="only render the tables from a saved run's .json")
+    parser.add_argument("--notes", metavar="MD", help="a markdown file appended to the tables as notes")
     args = parser.parse_args(argv)
     if args.child:
         kind, framework, n, repeats = args.child[0], args.child[1], int(args.child[2]), int(args.child[3])
         if kind == "overhead":
             res = child_overhead(framework, repeats)
+        elif kind == "interplay":
+            res = child_interplay(n, repeats)
         else:
-            res = (child_step_torch if framework == "torch" else child_step_jax)(n, repeats)
+            solvers = args.child[4].split(",") if len(args.child) > 4 else ["auto"]
+            res = (child_step_torch if framework == "torch" else child_step_jax)(n, repeats, solvers)
         print(json.dumps(res))
         return 0
 
@@ -274,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         run = json.loads(Path(args.render).read_text())
     else:
         run = measure(args)
-        out.with_suffix(".json").write_text(json.dumps(run, indent=1))
+    if args.notes:
+        run["notes"] = Path(args.notes).read_text().strip()
+    out.with_suffix(".json").write_text(json.dumps(run, indent=1))
     text = render(run)
     out.write_text(text)
     print(text)
@@ -301,8 +370,15 @@ def measure(args: argparse.Namespace) -> dict:
         print(fw, "overhead", results["overhead"][fw], flush=True)
     for n in args.step_states:
         for fw in ("torch", "jax"):
-            results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats)], args.timeout)
+            results["step"][f"{fw}-{n}"] = run_child(["step", fw, str(n), str(args.step_repeats),
+                                                      args.step_solvers], args.timeout)
             print(fw, n, results["step"][f"{fw}-{n}"], flush=True)
+    results["interplay"] = {}
+    for layer in ("omp", "workqueue"):
+        res = run_child(["interplay", "torch", "300", str(args.step_repeats)], args.timeout,
+                        NUMBA_THREADING_LAYER=layer)
+        results["interplay"][layer] = res
+        print("interplay", layer, res, flush=True)
     load_after = os.getloadavg()
     return {"started": started, "conditions": conditions(), "load_before": load_before, "load_after": load_after,
             "repeats": args.repeats, "step_repeats": args.step_repeats, "results": results}
@@ -337,22 +413,47 @@ def render(run: dict) -> str:
               "load noise of the whole gradient (several percent either way here) would otherwise hide.", "",
               f"## Training step: MLP energy ({D} -> {HIDDEN} -> {HIDDEN} -> 1, tanh, float64), forward + "
               "meta-objective + backward", "",
-              "| S | framework | fastmeta bridge (solver) | native dense | native / bridge: of the medians "
-              "(median of per-round ratios) | max rel. gradient difference |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "Every row of one S and framework was timed interleaved in one process (the native step, the "
+              "bridge with each fastmeta solver, and fastmeta alone from NumPy at the same energy).", "",
+              "| S | framework | fastmeta solver (resolved) | fastmeta alone (NumPy) | bridge step | native dense step | "
+              "native / bridge: of the medians (median of per-round ratios) | max rel. gradient difference |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, res in results["step"].items():
         fw, n = key.split("-")
         if "error" in res:
-            lines.append(f"| {n} | {fw} | | | {res['error']} | |")
-        else:
-            lines.append(f"| {n} | {fw} | {ms(res['bridge']['median'])} ({res.get('solver', '?')}) | "
-                         f"{ms(res['native']['median'])} | "
-                         f"{res['native']['median'] / res['bridge']['median']:.1f}x ({res['native']['ratio']:.1f}x) | "
-                         f"{res['max_rel_grad_diff']:.1e} |")
-    lines += ["", "Target: the bridge is faster (native / bridge > 1) at S >= 300. The gradient column checks "
-              "that both steps compute the same gradient. The solver is the one fastmeta's `solver=\"auto\"` "
-              "chose: where it is dense LU, fastmeta and the native code do the same LAPACK work per "
-              "policy, so the two are close; fastmeta pulls ahead once it switches to sparse solvers."]
+            lines.append(f"| {n} | {fw} | | | | | {res['error']} | |")
+            continue
+        native = res["native"]
+        for label, resolved in res["solver"].items():
+            bridge, alone = res[f"bridge {label}"], res[f"fastmeta alone {label}"]
+            lines.append(f"| {n} | {fw} | {label} ({resolved}) | {ms(alone['median'])} | {ms(bridge['median'])} | "
+                         f"{ms(native['median'])} | {native['median'] / bridge['median']:.1f}x "
+                         f"({1 / bridge['ratio']:.1f}x) | {res['max_rel_grad_diff']:.1e} |")
+    lines += ["", "Target: the bridge is faster (native / bridge > 1) at S >= 300 (with `solver=\"auto\"`, the "
+              "user's default). The gradient column is the largest difference of any bridge's gradient from the "
+              "native one. The bridge step minus fastmeta alone is the network (forward and backward) plus the "
+              "bridge's own cost."]
+    if results.get("interplay"):
+        lines += ["", "## PyTorch's thread count after fastmeta's thread pool starts (S = 300)", "",
+                  "Numba's OpenMP layer sets the OpenMP thread count when its pool starts, and PyTorch reads the "
+                  "same setting. One process per Numba threading layer (`NUMBA_THREADING_LAYER`): the pool "
+                  "started by a direct NumPy-API call (which nothing guards), then the native PyTorch step "
+                  "timed at the PyTorch thread count that start left and at the user's (`OMP_NUM_THREADS`), "
+                  "alternating. fastmeta now sets PyTorch's count back after starting its pool at import and "
+                  "after every bridge call, so the native columns above ran at the user's count; before, "
+                  "they ran at the other one.", "",
+                  "| Numba layer | PyTorch threads left by the pool start: native step median (max) | "
+                  "at the user's count |",
+                  "| --- | --- | --- |"]
+        for layer, res in results["interplay"].items():
+            if "error" in res:
+                lines.append(f"| {layer} | {res['error']} | |")
+                continue
+            cells = [f"{res[c]['threads']} threads: {ms(res[c]['median'])} ({ms(res[c]['max'])})"
+                     for c in ("left by the pool start", "the user's")]
+            lines.append(f"| {res['layer']} | " + " | ".join(cells) + " |")
+    if run.get("notes"):
+        lines += ["", "## Notes", "", run["notes"]]
     hangs = ROOT / "bench_results" / "bridge_hangs.json"
     if hangs.exists():
         study = json.loads(hangs.read_text())

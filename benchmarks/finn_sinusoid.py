@@ -1,10 +1,12 @@
 """Finn, Abbeel and Levine's (2017) sinusoid MAML benchmark, on their settings, with fastmeta.
 
 Settings (Finn et al. section 5.1): a 1-40-40-1 ReLU network with every weight and bias
-trained (:class:`fastmeta.MLP`), K = 5 support and K = 5 query points per task, one inner
-gradient step of 0.01 on the mean squared error, Adam with step 0.001, a meta-batch of 25
+trained (:class:`fastmeta.MLP`), one inner gradient step of 0.01 on the mean squared error
+of K = 10 support points, the meta-loss on K = 10 query points (their data generator draws
+2K points per task and splits them in halves), Adam with step 0.001, a meta-batch of 25
 fresh tasks per iteration (``MetaSL.fit(sampler=...)``), 70,000 iterations; amplitude
-U[0.1, 5], phase U[0, pi], x U[-5, 5]. fastmeta's squared loss is half the squared error,
+U[0.1, 5], phase U[0, pi], x U[-5, 5]. The one trained model is then fine-tuned on K = 5
+(the published 5-shot table); ``--train-k 5`` trains on the test's K instead. fastmeta's squared loss is half the squared error,
 so its inner step is eta = 0.02 (the same update) and MSE = 2 x its risk. The baseline
 ("pretraining") trains the same network for the same iterations on the same task stream
 to minimise the average risk (eta = 0). Evaluation: 600 fresh tasks, K = 5 support
@@ -15,7 +17,7 @@ Then the wall time of one meta-step (sample 25 tasks, exact meta-gradient, Adam)
 the same step written in PyTorch with ``create_graph=True`` (benchmarks/baselines/torch_maml.py),
 interleaved in this process, medians.
 
-    python benchmarks/finn_sinusoid.py                      # writes to /tmp/fastmeta-bench/
+    python benchmarks/finn_sinusoid.py [--seed S] [--train-k 5]  # writes to /tmp/fastmeta-bench/
     python benchmarks/finn_sinusoid.py --publish            # writes bench_results/finn.md
     python benchmarks/finn_sinusoid.py --iterations 2000    # a quick look
 """
@@ -65,9 +67,14 @@ def evaluate(meta: MetaSL, theta: np.ndarray, n_tasks: int, seed: int) -> np.nda
 
 
 def train(eta: float, iterations: int, chunk: int, seed: int, eval_tasks: int, workdir: str, label: str,
-          init: str = "uniform"):
-    """Meta-train in chunks (resuming from a checkpoint), evaluating after each chunk."""
-    sampler = sinusoid_sampler(25, k_shot=5, k_query=5)
+          init: str = "uniform", train_k: int = 10):
+    """Meta-train in chunks (resuming from a checkpoint), evaluating after each chunk.
+
+    Each training task has ``train_k`` support and ``train_k`` query points (Finn's data
+    generator draws 2K points per task and splits them in halves); evaluation always
+    fine-tunes on K = 5.
+    """
+    sampler = sinusoid_sampler(25, k_shot=train_k, k_query=train_k)
     model = MLP(1, hidden=(40, 40), seed=seed, init=init)
     meta = MetaSL(sampler(np.random.default_rng(seed), 0).tasks(), model, eta=eta)
     ckpt = os.path.join(workdir, f"finn_{label}.npz")
@@ -134,10 +141,16 @@ def time_steps(n_steps: int, seed: int) -> dict:
     return out
 
 
+def final_theta(path: str) -> np.ndarray:
+    """theta of a run's last checkpoint (also from runs saved before checkpoints carried a format marker)."""
+    with np.load(path, allow_pickle=False) as z:
+        return np.array(z["theta"])
+
+
 def summarize(dirs: list[str], publish: bool, notes: str = "") -> None:
     """Every run in ``dirs`` (finn.json + final checkpoints) in one table, re-evaluated on the
     same 600 held-out tasks: mean and median query MSE (the mean is the published statistic)."""
-    runs, main_run = [], None
+    runs = []
     for d in dirs:
         with open(os.path.join(d, "finn.json")) as f:
             r = json.load(f)
@@ -149,13 +162,15 @@ def summarize(dirs: list[str], publish: bool, notes: str = "") -> None:
         for label in ("maml", "pretrained"):
             path = os.path.join(d, f"finn_{label}.npz")
             if os.path.exists(path) and r[f"{'maml' if label == 'maml' else 'pretrained'}_curve"]:
-                M = evaluate_all(meta, fastmeta.load_checkpoint(path)["theta"], 600, 10_000)
+                M = evaluate_all(meta, final_theta(path), 600, 10_000)
                 r[f"{label}_mean"] = [float(M[:, k].mean()) for k in EVAL_STEPS]
                 r[f"{label}_median"] = [float(np.median(M[:, k])) for k in EVAL_STEPS]
                 r[f"{label}_worst"] = [float(M[:, k].max()) for k in EVAL_STEPS]
+                # Finn et al.'s test reports the same: 1.96 standard deviations over sqrt(tasks)
+                r[f"{label}_ci95"] = [float(1.96 * M[:, k].std() / np.sqrt(M.shape[0])) for k in EVAL_STEPS]
         runs.append(r)
-        if r.get("timing") and main_run is None:
-            main_run = r
+    # the learning curve of the first run listed; the per-step timing of the first run that measured it
+    main_run = dict(runs[0], timing=next((r["timing"] for r in runs if r.get("timing")), None))
     text = render(main_run, runs) + (f"\n## Notes\n\n{notes}\n" if notes else "")
     dest = os.path.join("bench_results" if publish else dirs[0], "finn.md")
     with open(dest, "w") as f:
@@ -173,6 +188,9 @@ def main() -> None:
     ap.add_argument("--timing-steps", type=int, default=105)
     ap.add_argument("--skip-pretraining", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--train-k", type=int, default=10,
+                    help="support (and query) points per training task: 10 in Finn et al. section 5.1 "
+                         "(one model, fine-tuned on K = 5 at test); 5 trains on the test's K")
     ap.add_argument("--init", default="uniform", choices=("uniform", "normal"),
                     help="MLP initialisation: PyTorch's default or Finn's TensorFlow code")
     ap.add_argument("--publish", action="store_true", help="write bench_results/finn.md")
@@ -190,14 +208,14 @@ def main() -> None:
     timing = None if args.skip_timing else time_steps(args.timing_steps, args.seed)
     print("per meta-step (s):", timing, flush=True)
     _, _, maml_curve, maml_s = train(ETA, args.iterations, chunk, args.seed, args.eval_tasks, args.out, "maml",
-                                     args.init)
+                                     args.init, args.train_k)
     pre_curve, pre_s = [], 0.0
     if not args.skip_pretraining:
         _, _, pre_curve, pre_s = train(0.0, args.iterations, chunk, args.seed, args.eval_tasks, args.out,
-                                       "pretrained", args.init)
+                                       "pretrained", args.init, args.train_k)
     load_after = uptime()
     import numba
-    result = {"iterations": args.iterations, "seed": args.seed, "init": args.init, "maml_curve": maml_curve, "maml_seconds": maml_s,
+    result = {"iterations": args.iterations, "seed": args.seed, "init": args.init, "train_k": args.train_k, "maml_curve": maml_curve, "maml_seconds": maml_s,
               "pretrained_curve": pre_curve, "pretrained_seconds": pre_s, "timing": timing,
               "load_before": load_before, "load_after": load_after, "numba_threads": numba.get_num_threads(),
               "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
@@ -222,8 +240,10 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
     lines = [
         "# Finn et al. (2017) sinusoid regression, on their settings (benchmarks/finn_sinusoid.py)",
         "",
-        "1-40-40-1 ReLU network, every weight and bias trained (`fastmeta.MLP`); K = 5 support + 5",
-        "query points; one inner step of 0.01 on the MSE (eta = 0.02 on fastmeta's half-squared",
+        "1-40-40-1 ReLU network, every weight and bias trained (`fastmeta.MLP`); training tasks of",
+        "K support + K query points (\"train K\": 10 in Finn et al. section 5.1, which fine-tune the",
+        "one model on K = 5 at test; 5 in the issue's reading); one inner step of 0.01 on the MSE",
+        "(eta = 0.02 on fastmeta's half-squared",
         "loss: the same update); exact second-order meta-gradient; Adam 0.001; 25 fresh tasks per",
         "iteration (`MetaSL.fit(sampler=...)`); 70,000 iterations. Evaluation: the same 600",
         "held-out tasks for every run (K = 5 support, 100 query points), fine-tuning steps of 0.01",
@@ -238,24 +258,38 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
         runs = [dict(r, maml_mean=r["maml_curve"][-1]["mse"],
                      pretrained_mean=r["pretrained_curve"][-1]["mse"] if r["pretrained_curve"] else None)]
     lines += [
-        "| run | training wall time | mean MSE k = 1 | k = 5 | k = 10 | median k = 1 | k = 5 | k = 10 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | training wall time | mean MSE ± 95% CI k = 1 | k = 5 | k = 10 | median k = 1 | k = 5 | k = 10 | worst task k = 1 / 5 / 10 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def stats(x: dict, label: str) -> str:
+        med, worst, ci = x.get(f"{label}_median"), x.get(f"{label}_worst"), x.get(f"{label}_ci95")
+        mean = (" | ".join(f"{m:.3f} ± {c:.3f}" for m, c in zip(x[f"{label}_mean"], ci)) if ci
+                else _fmt(x[f"{label}_mean"]))
+        return (f"{mean} | {_fmt(med) if med else ' | '.join(['n/a'] * 3)} | "
+                + (" / ".join(f"{w:.1f}" for w in worst) if worst else "n/a") + " |")
+
+    groups: dict = {}
     for x in runs:
-        name = f"seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}"
-        med = x.get("maml_median")
-        lines.append(f"| MAML, {name} | {x['maml_seconds']:.0f} s{x.get('note', '')} | {_fmt(x['maml_mean'])} | "
-                     f"{_fmt(med) if med else ' | '.join(['n/a'] * 3)} |")
+        key = (x.get("train_k", 5), x.get("init", "uniform"))
+        name = f"train K {key[0]}, seed {x.get('seed', 0)}, init {key[1]}"
+        lines.append(f"| MAML, {name} | {x['maml_seconds']:.0f} s{x.get('note', '')} | {stats(x, 'maml')}")
         if x.get("pretrained_mean"):
-            med = x.get("pretrained_median")
-            lines.append(f"| pretrained, {name} | {x['pretrained_seconds']:.0f} s | {_fmt(x['pretrained_mean'])} | "
-                         f"{_fmt(med) if med else ' | '.join(['n/a'] * 3)} |")
+            lines.append(f"| pretrained, {name} | {x['pretrained_seconds']:.0f} s | {stats(x, 'pretrained')}")
+        groups.setdefault(key, []).append(x)
+    for (k, init), xs in groups.items():
+        if len(xs) > 1:
+            mean = [float(np.mean([x["maml_mean"][j] for x in xs])) for j in range(3)]
+            seeds = ", ".join(str(x.get("seed", 0)) for x in xs)
+            lines.append(f"| **MAML, train K {k}, init {init}: mean of seeds {seeds}** | "
+                         f"{np.mean([x['maml_seconds'] for x in xs]):.0f} s | {_fmt(mean)} | | | | |")
     lines += [
-        "| Finn et al., published MAML | | 0.67 | 0.38 | 0.35 | | | |",
-        "| Finn et al., published pretrained | | 2.41 | 2.23 | 2.19 | | | |",
-        "| standard PyTorch implementation on this machine (the issue's figure) | 895 s | 0.61 | 0.47 | 0.42 | | | |",
+        "| Finn et al., published MAML | | 0.67 | 0.38 | 0.35 | | | | |",
+        "| Finn et al., published pretrained | | 2.41 | 2.23 | 2.19 | | | | |",
+        "| standard PyTorch implementation on this machine (the issue's figure) | 895 s | 0.61 | 0.47 | 0.42 | | | | |",
         "",
-        f"Learning curve of the first run (seed {r.get('seed', 0)}, init {r.get('init', 'uniform')}): mean query "
+        f"Learning curve of the first run (train K {r.get('train_k', 5)}, seed {r.get('seed', 0)}, init "
+        f"{r.get('init', 'uniform')}): mean query "
         "MSE on 100 held-out tasks after each chunk (the last row on 600):",
         "",
         "| iteration | seconds | train MSE (chunk mean) | 1 step | 5 steps | 10 steps |",
@@ -266,7 +300,8 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
     if t is not None:
         lines += [
             "",
-            f"## One meta-step (25 fresh tasks, exact meta-gradient, Adam), median of {t['steps'] - 5}, interleaved",
+            f"## One meta-step (25 fresh tasks of K = 5 + 5, exact meta-gradient, Adam), median of "
+            f"{t['steps'] - 5}, interleaved",
             "",
             "| implementation | per meta-step | x fastmeta |",
             "| --- | --- | --- |",
@@ -281,7 +316,7 @@ def render(r: dict, runs: list[dict] | None = None) -> str:
               f"{r['numba_threads']}, torch threads {t['torch_threads'] if t else 'n/a'}, warm Numba cache; Python "
               f"{r['python']}, NumPy {r['numpy']}, Numba {r['numba']}."]
     for x in runs:
-        lines.append(f"- seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}: load before "
+        lines.append(f"- train K {x.get('train_k', 5)}, seed {x.get('seed', 0)}, init {x.get('init', 'uniform')}: load before "
                      f"`{x['load_before']}`, after `{x['load_after']}`.")
     lines.append("")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ An explicit ``OMP_WAIT_POLICY`` (any value) is left alone and wins.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def start_numba_threads_with_passive_wait() -> bool:
@@ -27,9 +28,15 @@ def start_numba_threads_with_passive_wait() -> bool:
     launch = getattr(parallel, "_launch_threads", None)
     if "OMP_WAIT_POLICY" in os.environ or launch is None or getattr(parallel, "_is_initialized", True):
         return False
+    # Starting the pool sets the OpenMP thread count, which PyTorch reads too when it was imported
+    # first (one OpenMP runtime serves both): keep the user's PyTorch setting (not importing torch).
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if hasattr(torch, "get_num_threads") else None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         launch()
     finally:
         del os.environ["OMP_WAIT_POLICY"]
+        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     return True

@@ -116,3 +116,43 @@ def test_adam_example_runs():
                     "runpy.run_path('examples/torch_mlp_adam.py', run_name='__main__')", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "after 3 Adam steps" in out.stdout
+
+
+def test_call_keeping_torch_threads_undoes_a_changed_thread_count():
+    from fastmeta.bridges.torch import call_keeping_torch_threads
+    before = torch.get_num_threads()
+
+    def changes_threads(x):
+        torch.set_num_threads(before + 1)
+        return 2 * x
+
+    try:
+        assert call_keeping_torch_threads(changes_threads, 21) == 42
+        assert torch.get_num_threads() == before
+        with pytest.raises(ZeroDivisionError):  # kept on the way out of an error too
+            call_keeping_torch_threads(lambda: (torch.set_num_threads(before + 1), 1 / 0))
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("wait_policy", ["", "PASSIVE"])
+def test_fastmeta_keeps_the_users_torch_thread_count_in_a_fresh_process(wait_policy):
+    # Numba's OpenMP layer sets the OpenMP thread count PyTorch reads when it starts its pool; with
+    # OMP_NUM_THREADS=1 that turned PyTorch's one thread into two. Without a wait policy the pool
+    # starts when fastmeta is imported; with one, in the bridge's first call. Fresh process each.
+    code = (
+        "import os\n"
+        "os.environ.update(OMP_NUM_THREADS='1', NUMBA_NUM_THREADS='2', NUMBA_THREADING_LAYER='omp')\n"
+        f"os.environ.update({{'OMP_WAIT_POLICY': {wait_policy!r}}} if {wait_policy!r} else {{}})\n"
+        "import torch, fastmeta, fastmeta.torch\n"
+        "assert torch.get_num_threads() == 1\n"
+        "tasks, phi = fastmeta.tasks.random_mdps(n_tasks=8, n_states=60, n_actions=4, k=4, gamma=0.9,"
+        " n_features=4, seed=0)\n"
+        "L = fastmeta.torch.meta_rl(fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), solver='batched'))\n"
+        "f = torch.zeros(60, 4, dtype=torch.float64, requires_grad=True)\n"
+        "L(f).backward()\n"
+        "print(torch.get_num_threads())\n")
+    out = run_child(code, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"

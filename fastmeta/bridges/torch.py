@@ -12,6 +12,12 @@ the dtype of f. The operation is first order: differentiating its gradient again
 (``create_graph=True`` followed by another backward through it) raises a RuntimeError,
 because the saved dL/df is a constant to autograd and a second derivative through it
 would be silently wrong.
+
+PyTorch's intra-op thread count is kept as it was before each fastmeta call: Numba's
+OpenMP layer sets the OpenMP thread count when its thread pool starts, and PyTorch reads
+the same setting, so without this the ``OMP_NUM_THREADS=1`` of a user would be undone by
+the first fastmeta call (measured: the LU of the following PyTorch step then ran on both
+cores of a busy 2-core machine, about 40x slower, see ``bench_results/bridges.md``).
 """
 from __future__ import annotations
 
@@ -23,6 +29,20 @@ from ..rl import MetaRL
 from ._common import FIRST_ORDER, check_meta, shape_error
 
 _NAME = "fastmeta.torch.meta_rl"
+
+
+def call_keeping_torch_threads(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, then PyTorch's intra-op thread count set back to its value before the call.
+
+    Numba's OpenMP layer changes the OpenMP thread count that PyTorch also reads (see the
+    module docstring); setting it back costs about a microsecond and only happens when it changed.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return fn(*args)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 class _FirstOrderGuard(torch.autograd.Function):
@@ -50,7 +70,7 @@ class MetaRLFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, f: torch.Tensor, meta: MetaRL) -> torch.Tensor:
-        value, grad = meta.value_and_grad_energy(f.detach().to(torch.float64).numpy())
+        value, grad = call_keeping_torch_threads(meta.value_and_grad_energy, f.detach().to(torch.float64).numpy())
         ctx.save_for_backward(f, torch.from_numpy(grad).to(f.dtype))
         return torch.tensor(value, dtype=f.dtype)
 
