@@ -62,13 +62,3 @@ else:
                               print_blob=True, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile("fastmeta")
 
-
-def pytest_collection_modifyitems(config, items):
-    """Run tests/test_distributed.py last.
-
-    Its worker processes write Numba's on-disk cache while this process runs, and a
-    kernel loaded from that cache can differ in the last bits from the same kernel
-    compiled here (docs/scaling.md). Tests that compare two variants of a kernel bit
-    for bit (serial against parallel) must not see one of each.
-    """
-    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "").endswith("test_distributed"))
