@@ -153,8 +153,7 @@ class LinearRunner:
         total = self.kernel(self.batch.ints, self.batch.floats, f, pi, inv_tau, eta, want_grad,
                             self.batch.n_chunks(), grad)
         value = total / self.n_total  # rl.mean_of_sums
-        # A non-finite f, L or gradient shows in L or in the sum of the gradient (an overflowing
-        # sum of finite entries only sends the call to the general path, which then succeeds).
+        # A non-finite f shows in L (a NaN policy) or in the gradient.
         if not math.isfinite(value):
             return None
         if not want_grad:
@@ -162,7 +161,7 @@ class LinearRunner:
         grad /= self.n_total
         out = np.empty(self.phi.shape[2])
         self.vjp(self.phi, grad, out)
-        return (value, out) if math.isfinite(out.sum()) else None
+        return (value, out) if np.isfinite(out).all() else None
 
 
 def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -> list[_Batch]:
