@@ -4,26 +4,39 @@ A batch is built once, when :class:`fastmeta.MetaRL` is constructed: its kernels
 (one copy per distinct content), groups (kernel, discount) and tasks' r and zeta
 are packed into flat arrays, so that a call costs a fixed amount of Python work
 however many tasks it holds. Batches are capped in memory (``BATCH_BYTES``): the
-main-effect LU factors of every group and the per-task gradient slots of a batch
-are dense, S x S and S x A each.
+main-effect LU factors of every shared group and the per-task gradient slots of a
+batch are dense, S x S and S x A each.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numba
 import numpy as np
 
 from ._kernels import _config
+from ._kernels import rl as _k
 from ._kernels import rl_batched as _kb
 from .mdp import TabularMDP
 
 BATCH_BYTES = 64 * 2**20
-"""Largest working memory of one batch (main-effect LU factors + gradient slots)."""
+"""Largest working memory of one batch (main-effect LU factors + gradient slots + dense kernels)."""
+
+DENSE_KERNEL_MAX_STATES = 32
+"""Batches of tasks with at most this many states also keep each kernel as a dense S*A x S array.
+
+Bellman backups, M = I - gamma P_pi and P^T w then run over contiguous rows that the
+compiler vectorises, instead of gathering through CSR indices one entry at a time."""
 
 
 class _Batch:
-    """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order."""
+    """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order.
+
+    Everything a call needs is packed into two arrays, ``ints`` and ``floats`` (layout in
+    :func:`fastmeta._kernels.rl_batched.unpack`): a compiled call costs about 0.2 us per
+    array argument to dispatch, so a call passes two instead of a dozen.
+    """
 
     def __init__(self, tasks: Sequence[TabularMDP], indices: Sequence[int]):
         S, A = tasks[0].shape
@@ -43,52 +56,112 @@ class _Batch:
                 group_kernel.append(kernel_of[key])
                 group_gamma.append(task.gamma)
             task_group.append(group_of[key, task.gamma])
+        n, G = len(tasks), len(group_kernel)
+        # Groups of several tasks are factorised once per call before the tasks; a group of
+        # one task is factorised by the thread computing that task (no S x S buffer kept for it).
+        size = np.bincount(np.array(task_group, dtype=np.int64), minlength=G)
+        group_slot = np.full(G, -1, dtype=np.int64)
+        shared = np.flatnonzero(size > 1)
+        group_slot[shared] = np.arange(shared.size)
         nnz = np.array([P.nnz for P in kernels], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(nnz)])
-        self.indptr = np.concatenate([np.asarray(P.indptr[:-1], dtype=np.int64) + off
-                                      for P, off in zip(kernels, offsets)] + [offsets[-1:]])
-        self.indices = np.concatenate([np.asarray(P.indices, dtype=np.int64) for P in kernels])
-        self.data = np.concatenate([P.data for P in kernels])
-        self.group_kernel = np.array(group_kernel, dtype=np.int64)
-        self.group_gamma = np.array(group_gamma, dtype=np.float64)
-        self.task_group = np.array(task_group, dtype=np.int64)
-        self.r = np.stack([t.r for t in tasks])
-        self.init = np.stack([t.init for t in tasks])
-        n = len(tasks)
+        indptr = [np.asarray(P.indptr[:-1], dtype=np.int64) + off for P, off in zip(kernels, offsets)]
+        dense = S <= DENSE_KERNEL_MAX_STATES
+        header = np.array([n, G, len(kernels), offsets[-1], shared.size, int(dense)], dtype=np.int64)
+        assert header.size == _kb.HEADER
+        self.ints = np.concatenate([header, *indptr, offsets[-1:]] + [np.asarray(P.indices, dtype=np.int64)
+                                                                      for P in kernels]
+                                   + [np.array(group_kernel, dtype=np.int64), group_slot,
+                                      np.array(task_group, dtype=np.int64)])
+        self.floats = np.concatenate([P.data for P in kernels] + [np.array(group_gamma, dtype=np.float64)]
+                                     + [t.r.ravel() for t in tasks] + [t.init for t in tasks]
+                                     + ([P.toarray().ravel() for P in kernels] if dense else []))
+        self.n_kernels, self.n_groups, self.n_shared = len(kernels), G, int(shared.size)
         self._parallel = n >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
+
+    def n_chunks(self) -> int:
+        """Chunks of tasks of a parallel call: a few per thread balance the load (one workspace each)."""
+        return min(len(self.tasks), 4 * numba.get_num_threads()) if self._parallel else 1
 
     def run(self, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float,
             want_grad: bool) -> tuple[float, np.ndarray | None]:
         """(sum of J_i, sum of dL_i/df or None) over the batch's tasks, in batch order."""
         grad = np.empty(self.shape) if want_grad else np.empty((0, 0))
-        n = self.task_group.size
-        if self._parallel:  # a few chunks per thread balance the load; one workspace per chunk
-            kernel, n_chunks = _kb.batch_meta_grad.parallel, min(n, 4 * numba.get_num_threads())
-        else:
-            kernel, n_chunks = _kb.batch_meta_grad.serial, 1
-        total = kernel(self.indptr, self.indices, self.data, self.group_kernel, self.group_gamma, self.task_group,
-                       self.r, self.init, f, pi, inv_tau, eta, want_grad, n_chunks, np.empty(n), grad)
+        kernel = _kb.batch_meta_grad.parallel if self._parallel else _kb.batch_meta_grad.serial
+        total = kernel(self.ints, self.floats, f, pi, inv_tau, eta, want_grad, self.n_chunks(), grad)
         return total, (grad if want_grad else None)
+
+    def linear_runner(self, phi: np.ndarray, n_total: int) -> "LinearRunner":
+        """The one-batch, linear-energy problem's call path (see :class:`LinearRunner`)."""
+        return LinearRunner(self, phi, n_total)
 
     def trace(self, j: int, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float):
         """Every intermediate quantity of the batch's j-th task (the arithmetic of :meth:`run`)."""
         from .rl import TaskTrace
 
         S, A = self.shape
-        g = int(self.task_group[j])
+        indptr, indices, data, group_kernel, _, group_gamma, task_group, r, init, Pd = _kb.unpack(
+            self.ints, self.floats, S, A)
+        g = int(task_group[j])
+        q = int(group_kernel[g])
         lu = np.empty((S, S))
-        _kb.factor_group(self.indptr, self.indices, self.data, int(self.group_kernel[g]),
-                         float(self.group_gamma[g]), pi, lu)
+        _kb.factor_group(indptr, indices, data, Pd, q, float(group_gamma[g]), pi, lu)
+        z0 = np.empty((S, A))
+        _kb.scaled_energy(f, inv_tau, z0)
         vec = [np.empty(S) for _ in range(5)]
         mat = [np.empty((S, A)) for _ in range(7)]
         V, V_i, nu, xi, tmp = vec
         Q, adv, pi_i, Q_i, adv_i, sigma, grad = mat
         M_i = np.empty((S, S))
-        J = _kb.one_task(self.indptr, self.indices, self.data, int(self.group_kernel[g]) * S * A,
-                         float(self.group_gamma[g]), self.r[j], self.init[j], f, pi, inv_tau, eta, lu, True,
-                         V, Q, adv, pi_i, M_i, V_i, Q_i, adv_i, nu, sigma, xi, grad, tmp)
+        J = _kb.one_task(indptr, indices, data, q * S * A, _kb.kernel_rows(Pd, q), float(group_gamma[g]), r[j],
+                         init[j], z0, pi, inv_tau, eta, lu, True, V, Q, adv, pi_i, M_i, V_i, Q_i, adv_i, nu, sigma,
+                         xi, grad, tmp)
         return TaskTrace(pi=pi, V=V, Q=Q, A=adv, pi_i=pi_i, V_i=V_i, J_i=float(J), Q_i=Q_i, A_i=adv_i, nu_i=nu,
                          sigma_i=sigma, xi_i=xi, grad_energy=grad)
+
+
+class LinearRunner:
+    """L and grad_theta L of a problem that is one batch with a linear energy phi^T theta.
+
+    The general path's calls and nothing else: the energy, the main policy, the batch,
+    the mean and the vector-Jacobian product, each the same compiled function (the same
+    serial or parallel twin) that ``MetaRL``'s unit-by-unit path and a distributed driver
+    run, so the bits are theirs; what is left out is the Python around them (the
+    per-unit bookkeeping, copies, and the validation that the energy object and the
+    general path repeat). Chosen once, at construction; about 4 us of dispatch in all.
+    """
+
+    def __init__(self, batch: _Batch, phi: np.ndarray, n_total: int):
+        S, A, _ = phi.shape
+        self.batch, self.phi, self.n_total = batch, phi, n_total
+        big = phi.size >= _config.PARALLEL_MIN_SIZE  # the twin each SizedKernel picks for these arrays
+        self.energy = _k.linear_energy.parallel if big else _k.linear_energy.serial
+        self.vjp = _k.linear_energy_vjp.parallel if big else _k.linear_energy_vjp.serial
+        self.softmax = _k.softmax_policy.parallel if S * A >= _config.PARALLEL_MIN_SIZE else _k.softmax_policy.serial
+        self.kernel = _kb.batch_meta_grad.parallel if batch._parallel else _kb.batch_meta_grad.serial
+
+    def __call__(self, theta: np.ndarray, inv_tau: float, eta: float,
+                 want_grad: bool) -> tuple[float, np.ndarray | None] | None:
+        """(L, grad_theta L or None), or None if some result is not finite (the caller then
+        takes the general path, whose checks name the quantity)."""
+        S, A = self.batch.shape
+        f = np.empty((S, A))
+        self.energy(self.phi, theta, f)
+        pi = np.empty((S, A))
+        self.softmax(f, inv_tau, f, 0.0, pi)
+        grad = np.empty((S, A)) if want_grad else np.empty((0, 0))
+        total = self.kernel(self.batch.ints, self.batch.floats, f, pi, inv_tau, eta, want_grad,
+                            self.batch.n_chunks(), grad)
+        value = total / self.n_total  # rl.mean_of_sums
+        # A non-finite f shows in L (a NaN policy) or in the gradient.
+        if not math.isfinite(value):
+            return None
+        if not want_grad:
+            return value, None
+        grad /= self.n_total
+        out = np.empty(self.phi.shape[2])
+        self.vjp(self.phi, grad, out)
+        return (value, out) if np.isfinite(out).all() else None
 
 
 def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -> list[_Batch]:
@@ -98,8 +171,15 @@ def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -
 
 def batch_layout(shape: tuple[int, int], groups: Sequence[Sequence[int]]) -> list[list[int]]:
     """The task indices of every batch of :func:`make_batches` (from the shape and groups alone)."""
-    S, A = shape
-    per_task = 8 * (S * S + 2 * S * A + S)  # a group's LU (at most one per task) + gradient slot + r, zeta
-    cap = max(1, BATCH_BYTES // per_task)
+    cap = max(1, BATCH_BYTES // task_bytes(*shape))
     order = [i for group in groups for i in group]
     return [order[lo:lo + cap] for lo in range(0, len(order), cap)]
+
+
+def task_bytes(S: int, A: int) -> int:
+    """Working memory one task adds to a batch, at most (the bound ``BATCH_BYTES`` caps).
+
+    A group's LU factors (at most one group per task), the task's gradient slot, r and
+    zeta, and a dense kernel (at most one per task) where kernels are kept dense.
+    """
+    return 8 * (S * S + 2 * S * A + S + (S * A * S if S <= DENSE_KERNEL_MAX_STATES else 0))

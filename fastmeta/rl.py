@@ -56,7 +56,7 @@ from ._kernels._config import needs_compiling
 from ._optim import FitResult, StepSize, digest, run_gradient_method
 from ._validation import (as_float_array, check_choice, check_computed_finite, check_int, check_nonempty_list,
                           check_real_scalar)
-from .energy import Energy
+from .energy import Energy, LinearEnergy
 from .mdp import TabularMDP
 
 _OWNER = "MetaRL"
@@ -332,6 +332,12 @@ class MetaRL(EnergyObjective):
         self._units: list[_Batch | list[int]] = self._make_units()
         if not self._batched:  # the symbolic analysis belongs to construction on this path
             self._task_pattern_list = self._build_patterns()
+        # One batch and a linear energy on stored features: a call is the validation of theta
+        # and the general path's compiled calls, without its Python around them (see ``_fused``).
+        self._fused_batch = (self._units[0].linear_runner(model.phi, len(self.tasks))
+                             if len(self._units) == 1 and isinstance(self._units[0], _Batch)
+                             and type(model) is LinearEnergy and isinstance(model.phi, np.ndarray)
+                             and type(self)._run is MetaRL._run else None)
 
     def _make_units(self) -> list[_Batch | list[int]]:
         """The work units (see ``_units``); :mod:`fastmeta.distributed` prescribes them on workers."""
@@ -390,6 +396,31 @@ class MetaRL(EnergyObjective):
         check_computed_finite(value, "the meta-objective L", owner, _OVERFLOW_HINT)
         check_computed_finite(grad, "dL/df", owner, _OVERFLOW_HINT)
         return value, grad
+
+    def objective(self, theta: Any) -> float:
+        """The meta-objective L(theta) = 1/n sum_i J_i(pi_{i,theta}) of (3.4)."""
+        theta = self.model.check_params(theta, _OWNER)
+        fused = self._fused(theta, want_grad=False)
+        return fused[0] if fused is not None else super().objective(theta)
+
+    def value_and_grad(self, theta: Any) -> tuple[float, np.ndarray]:
+        """L(theta) and its exact gradient from one pass (the objective comes for free)."""
+        theta = self.model.check_params(theta, _OWNER)
+        fused = self._fused(theta, want_grad=True)
+        return fused if fused is not None else super().value_and_grad(theta)
+
+    def _fused(self, theta: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray] | None:
+        """(L, grad_theta L) by the short call path, or None where the general path must run.
+
+        For one batch with a linear energy: the general path's compiled calls, in its order
+        (the same bits, tested), without the per-unit bookkeeping, so that the Python work
+        of a call is about the validation of theta. A non-finite energy or result returns
+        None: the general path then recomputes and raises the error naming the quantity.
+        """
+        runner = self._fused_batch
+        if runner is None or self._stages is not None:
+            return None
+        return runner(theta, 1.0 / self.tau, self.eta, want_grad)
 
     def trace(self, theta: Any, task: int = 0) -> TaskTrace:
         """All intermediate quantities of one task at theta (policies, values, measures)."""

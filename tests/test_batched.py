@@ -91,7 +91,7 @@ def test_batched_trace_matches_the_per_task_trace():
 
 def test_partials_combine_to_the_one_process_result_bit_for_bit(monkeypatch):
     """Units computed separately (as on other machines) and combined in unit order give the same bits."""
-    monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 3 * 8 * (5 * 5 + 2 * 5 * 3 + 5))  # 3 tasks per batch
+    monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 3 * _rl_batch.task_bytes(5, 3))  # 3 tasks per batch
     tasks, raw = mixed_tasks(n=8, seed=10)
     rng = np.random.default_rng(11)
     phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
@@ -124,8 +124,16 @@ def test_batches_are_capped_in_memory(monkeypatch):
 def test_batch_stores_each_kernel_once():
     tasks, raw = mixed_tasks(n=9, seed=14)
     (batch,) = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 1))), solver="batched")._units
-    assert batch.indptr.size == 3 * 5 * 3 + 1
-    assert batch.group_kernel.size == 6  # 3 kernels x 2 discounts
+    indptr, indices, data, group_kernel, group_slot, *_, Pd = kb.unpack(batch.ints, batch.floats, 5, 3)
+    assert (batch.n_kernels, indptr.size, Pd.shape) == (3, 3 * 5 * 3 + 1, (3, 5 * 3, 5))
+    assert group_kernel.size == 6  # 3 kernels x 2 discounts
+    # discount 0.9 for tasks 0-2 and 6-8 (3 groups of 2 tasks), 0.5 for 3-5 (3 groups of one task)
+    assert batch.n_shared == 3 and sorted(group_slot) == [-1, -1, -1, 0, 1, 2]
+    for q in range(3):  # the dense copy of each kernel is the kernel
+        rows = slice(indptr[q * 15], indptr[(q + 1) * 15])
+        csr = fastmeta.mdp.sp.csr_matrix((data[rows], indices[rows], indptr[q * 15:(q + 1) * 15 + 1] - indptr[q * 15]),
+                                         shape=(15, 5))
+        np.testing.assert_array_equal(Pd[q], csr.toarray())
 
 
 def test_dense_lu_kernels_match_numpy():
@@ -247,3 +255,77 @@ def test_equal_patterns_with_different_values_share_the_symbolic_analysis_only()
     meta = MetaRL([tasks[0], other], LinearEnergy(phi), solver="splu")
     assert len(meta._groups) == 2
     assert meta._task_pattern[0] is meta._task_pattern[1]
+
+
+def _general_path(meta, theta, want_grad=True):
+    """value_and_grad by the unit-by-unit path (what a distributed driver does)."""
+    f = meta.model.energy(theta)
+    L, g_f = meta._combine(meta._partials(f, range(len(meta._units)), want_grad))
+    return L, (meta.model.energy_vjp(theta, g_f) if want_grad else None)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_one_call_path_gives_the_general_paths_bits(n, monkeypatch):
+    """A one-batch problem with a linear energy runs as one compiled call, with the same bits."""
+    tasks, raw = mixed_tasks(n=n, seed=30)
+    rng = np.random.default_rng(31)
+    phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
+    for parallel_work in (10**18, 0):  # the serial and the parallel compilation of the batch
+        monkeypatch.setattr(fastmeta._kernels._config, "BATCH_PARALLEL_MIN_WORK", parallel_work)
+        meta = MetaRL(tasks, LinearEnergy(phi), tau=0.7, eta=1.3)
+        assert meta._fused_batch is not None and meta._fused_batch.batch._parallel == (n > 1 and parallel_work == 0)
+        L, g = meta.value_and_grad(theta)
+        L0, g0 = _general_path(meta, theta)
+        assert L == L0
+        np.testing.assert_array_equal(g, g0)
+        assert meta.objective(theta) == L == _general_path(meta, theta, want_grad=False)[0]
+        np.testing.assert_allclose(g, naive.meta_gradient(raw, phi, theta, 0.7, 1.3), rtol=1e-9, atol=1e-12)
+
+
+def test_one_call_path_is_taken_only_where_it_applies(monkeypatch):
+    tasks, raw = mixed_tasks(n=6, seed=32)
+    phi = np.random.default_rng(33).normal(size=(5, 3, 4))
+    assert MetaRL(tasks, LinearEnergy(phi))._fused_batch is not None
+    assert MetaRL(tasks, LinearEnergy(phi), solver="splu")._fused_batch is None
+    assert MetaRL(tasks, fastmeta.NeuralEnergy(phi, 3))._fused_batch is None
+    monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 1)  # one batch per task
+    assert MetaRL(tasks, LinearEnergy(phi))._fused_batch is None
+
+
+def test_one_call_path_reports_overflow_as_the_general_path_does():
+    tasks, raw = mixed_tasks(n=3, seed=34)
+    phi = np.random.default_rng(35).normal(size=(5, 3, 4))
+    meta = MetaRL(tasks, LinearEnergy(phi))
+    with pytest.raises(FloatingPointError, match="LinearEnergy.energy: the energy"):
+        meta.value_and_grad(np.full(4, 1e308))
+    big = [TabularMDP(t.P, t.r * 1e300, t.gamma, t.init) for t in tasks]
+    meta = MetaRL(big, LinearEnergy(phi), tau=1e-10, eta=0.0)
+    with pytest.raises(FloatingPointError, match="MetaRL.value_and_grad: the gradient of L overflowed"):
+        meta.value_and_grad(np.zeros(4))  # the uniform policy: the gradient is r / tau
+    with pytest.raises(ValueError, match="'theta' parameter of MetaRL"):
+        meta.value_and_grad(np.ones(3))
+
+
+def test_every_kernel_states_its_numba_options():
+    """Options a kernel leaves unset are inherited from whichever caller compiles it first, and the
+    disk cache keys code by signature only: the same kernel could then run as different code."""
+    import inspect
+
+    import numba.core.registry
+
+    from fastmeta import _kernels
+    from fastmeta._kernels import _config
+    import importlib
+    import pkgutil
+
+    seen = 0
+    for info in pkgutil.iter_modules(_kernels.__path__):
+        module = importlib.import_module(f"fastmeta._kernels.{info.name}")
+        for name, obj in inspect.getmembers(module):
+            twins = [obj.serial, obj.parallel] if isinstance(obj, _config.SizedKernel) else [obj]
+            for dispatcher in twins:
+                if isinstance(dispatcher, numba.core.registry.CPUDispatcher):
+                    assert "error_model" in dispatcher.targetoptions, (info.name, name)
+                    assert "fastmath" in dispatcher.targetoptions, (info.name, name)
+                    seen += 1
+    assert seen > 30

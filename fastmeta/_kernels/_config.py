@@ -31,11 +31,19 @@ import numba
 FASTMATH = {"nsz", "arcp", "afn"}
 N_CHUNKS = 64
 
-jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True)
+ERROR_MODEL = "numpy"
+"""Said explicitly on every kernel: a kernel that leaves it unset inherits it from the caller that
+compiles it first (``prange`` bodies are compiled with "numpy"), and the disk cache keys machine
+code by signature only, so the same kernel could run as different code (different bits) in a
+process that compiled it fresh and in one that loaded it from the cache."""
+
+jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 """Serial kernel."""
 
-pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, parallel=True,
+                         error_model=ERROR_MODEL)
 """Parallel kernel (uses ``numba.prange``)."""
+
 
 PARALLEL_MIN_SIZE = 50_000
 """Below this many array elements a parallel launch costs more than it saves."""
