@@ -261,6 +261,10 @@ VARIANTS = {
     "f32": ({"AMG_DTYPE": np.float32}, {}),
     "f32-restart12": ({"AMG_DTYPE": np.float32}, {"restart": 12}),
     "f32-restart5": ({"AMG_DTYPE": np.float32}, {"restart": 5}),
+    "before": ({"AMG_DTYPE": np.float64, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
+    "f32-amg": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
+    "f32-amg-restart5": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 5}),
+    "now": ({}, {}),
 }
 
 

@@ -140,6 +140,12 @@ KRYLOV_RESTART = 5
 #: GMRES: the restart is lowered for large systems so that the basis fits in this
 #: many bytes (10^7 states, 4 columns: restart 2, 1.6 GB).
 KRYLOV_BASIS_BYTES = 512 * 2**20
+#: GMRES: storage precision of the Krylov basis and of the preconditioned basis.
+#: The arithmetic is float64 and every restart recomputes the true residual in
+#: float64 from the float64 iterate, so a float32 basis (as in compressed-basis
+#: GMRES) perturbs each restart cycle by ~1e-7 relative, not the attainable
+#: accuracy; it halves the Gram-Schmidt traffic and the basis memory.
+KRYLOV_BASIS_DTYPE = np.float32
 #: GMRES: at most this many right-hand sides advance in lockstep (kernel limit 4).
 KRYLOV_BLOCK = 4
 #: GMRES: reorthogonalise when Gram-Schmidt shrinks a vector below this fraction.
@@ -607,22 +613,23 @@ class _Hierarchy:
     def _workspace(self, k):
         w = self._work.get(k)
         if w is None:
-            # per level: rhs, solution, copy for the block smoother; level 0 works
-            # on the caller's vectors unless they must be cast to the cycle's precision
-            dt, cast = self.dtype, self.dtype != np.float64
-            w = [(np.empty((lv.n, k), dt) if l or cast else None,
-                  np.empty((lv.n, k), dt) if l or cast else None,
-                  np.empty((lv.n, k), dt) if lv.nblk > 1 else None)
+            # per level: rhs, solution, copy for the block smoother; level 0 works on
+            # the caller's vectors (cast copies, made on demand, if their precision differs)
+            dt = self.dtype
+            w = [[np.empty((lv.n, k), dt) if l else None, np.empty((lv.n, k), dt) if l else None,
+                  np.empty((lv.n, k), dt) if lv.nblk > 1 else None]
                  for l, lv in enumerate(self.levels)]
             self._work[k] = w
         return w
 
     def apply(self, b, x):
-        """``x = B b`` with ``B`` one cycle (``x`` is overwritten); float64 ``(n, k)`` blocks."""
+        """``x = B b`` with ``B`` one cycle (``x`` is overwritten); ``(n, k)`` blocks."""
         work = self._workspace(b.shape[1])
-        if work[0][0] is None:
+        if b.dtype == self.dtype and x.dtype == self.dtype:
             self._cycle(0, b, x, work)
             return
+        if work[0][0] is None:
+            work[0][0], work[0][1] = np.empty(b.shape, self.dtype), np.empty(b.shape, self.dtype)
         b0, x0 = work[0][0], work[0][1]
         _k.cast_copy(b, b0)
         self._cycle(0, b0, x0, work)
@@ -696,15 +703,16 @@ def _acquire_workspace(plan, n, k, m):
     allocate their own.
     """
     need = (2 * m + 1) * n * k
+    dtype = np.dtype(KRYLOV_BASIS_DTYPE)
     with _POOL_LOCK:
         pool = plan.__dict__.setdefault("_pool", {})
         buf = pool.get(m)
-        if buf is not None and buf.shape[0] >= need:
+        if buf is not None and buf.shape[0] >= need and buf.dtype == dtype:
             del pool[m]
         else:
             buf = None
     if buf is None:
-        buf = np.empty(need)
+        buf = np.empty(need, dtype)
     return _Workspace(n, k, m, buf)
 
 
@@ -1028,7 +1036,7 @@ def krylov_restart(restart: int, n: int, k: int) -> int:
     restart costs few iterations (restart 3 instead of 12: 23/29 instead of
     22/28 iterations on the benchmark matrices, see the solver study).
     """
-    fit = (KRYLOV_BASIS_BYTES // (8 * n * k) - 1) // 2
+    fit = (KRYLOV_BASIS_BYTES // (np.dtype(KRYLOV_BASIS_DTYPE).itemsize * n * k) - 1) // 2
     return max(1, min(restart, max(2, fit)))
 
 
