@@ -8,8 +8,9 @@ The unrolled kernels are read from git (``fastmeta/_kernels/krylov.py`` at commi
 imported from there (Numba caches them in that scratch directory). Both versions then
 run the same work, interleaved round-robin: whole GMRES + AMG solves (``linalg`` bound
 to one kernel module or the other: a 4-column block, one column, one transposed column)
-on M = I - 0.99 P_pi of the benchmark gridworld (slip 0.1, random policy), and single
-kernels (SpMV and a Gauss-Seidel sweep with 1 and 4 columns, the Gram-Schmidt pair).
+on M = I - 0.99 P_pi of the benchmark gridworld (slip 0.1, random policy; linalg's
+storage precisions as configured, the same for both), and single float64 kernels (SpMV
+and a Gauss-Seidel sweep with 1 and 4 columns, the Gram-Schmidt pair).
 Prints the median time of each and the ratio folded / unrolled (below 1: the fold is
 faster). Min-of-rounds is printed too: on a shared machine it is the steadier figure.
 """
