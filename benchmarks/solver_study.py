@@ -5,10 +5,12 @@ sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds f
 workload N [N ...] (the linear algebra of one meta-gradient of the benchmark problem, replayed
 with splu and krylov), restart (GMRES restart length vs iterations), variants N [name ...]
 (one captured meta-gradient replayed with krylov under settings variants, interleaved in one
-process: smoother sweeps, restart, float32 hierarchy).
+process: smoother sweeps, restart, float32 hierarchy), gradients N [name ...] (whole
+MetaRL gradients with features on the fly under those variants, one process, alternating order).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -294,6 +296,39 @@ def variants_section(N, names=None, reps=2):
         print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
 
 
+def gradient_variants_section(N, names=("before", "now"), reps=2):
+    """Whole ``MetaRL.gradient`` (features on the fly) at N x N under each variant, in one process;
+    the order alternates between rounds (a falling or rising load favours no variant)."""
+    import fastmeta
+    tasks, fmap = fastmeta.tasks.gridworld_goals(4, N, feature_map=True, seed=0)
+    meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(fmap), tau=1.0, eta=1.0, solver="krylov")
+    th = 0.5 * np.random.default_rng(0).standard_normal(32)
+    orig = linalg.factorize
+    res = {v: [] for v in names}
+    for r in range(reps + 1):  # round 0 is the untimed warm-up of every variant
+        for v in (names if r % 2 else names[::-1]):
+            consts, kw = VARIANTS[v]
+            saved = {c: getattr(linalg, c) for c in consts}
+            try:
+                for c, x in consts.items():
+                    setattr(linalg, c, x)
+                linalg.factorize = lambda *a, **k: orig(*a, **{**kw, **k})
+                t = time.perf_counter()
+                meta.gradient(th)
+                dt = time.perf_counter() - t
+            finally:
+                linalg.factorize = orig
+                for c, x in saved.items():
+                    setattr(linalg, c, x)
+            if r:
+                res[v].append(dt)
+            print(f"# N={N} gradient {v} round {r}{' (warm-up)' if not r else ''}: {dt:.2f} s, load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+    base = np.median(res[names[0]])
+    for v in names:
+        print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
+
+
 if __name__ == "__main__":
     import numba
     sec = sys.argv[1:] or ["grid"]
@@ -316,6 +351,9 @@ if __name__ == "__main__":
         workload_section(Ns or [141, 224, 316, 447, 548])
     if "restart" in sec:
         restart_section()
+    if "gradients" in sec:
+        i = sec.index("gradients")
+        gradient_variants_section(int(sec[i + 1]), tuple(v for v in sec[i + 2:] if v in VARIANTS) or ("before", "now"))
     if "variants" in sec:
         i = sec.index("variants")
         variants_section(int(sec[i + 1]), [v for v in sec[i + 2:] if v in VARIANTS] or None)
