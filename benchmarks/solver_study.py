@@ -3,10 +3,14 @@
 Usage: python benchmarks/solver_study.py [section ...]
 sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds for choose_method),
 workload N [N ...] (the linear algebra of one meta-gradient of the benchmark problem, replayed
-with splu and krylov), restart (GMRES restart length vs iterations).
+with splu and krylov), restart (GMRES restart length vs iterations), variants N [name ...]
+(one captured meta-gradient replayed with krylov under settings variants, interleaved in one
+process: smoother sweeps, restart, float32 hierarchy), gradients N [name ...] (whole
+MetaRL gradients with features on the fly under those variants, one process, alternating order).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -201,7 +205,8 @@ def replay_workload(Ms, R, MU, per, method, plan=None, **kw):
         t = time.perf_counter()
         (fac.solve_transposed if trans else fac.solve)(b, x0)
         its = getattr(fac, "iterations_transposed" if trans else "iterations", 0)
-        out.append((its, round(time.perf_counter() - t, 3)))
+        rel = getattr(fac, "residual_transposed" if trans else "residual", None) or 0.0
+        out.append((its, round(time.perf_counter() - t, 3), rel))
 
     t = time.perf_counter(); f = linalg.factorize(Ms[0], method, plan=plan, **kw); tset += time.perf_counter() - t
     solve(f, R, None, False)
@@ -245,6 +250,85 @@ def restart_section(N=150, restarts=(2, 3, 5, 8, 12, 20, 30)):
         print(f"grid {N}x{N} {name}: restart: its/itsT  " + ", ".join(row), flush=True)
 
 
+#: name: (linalg module constants, factorize keywords) of the variants section
+VARIANTS = {
+    "base": ({}, {}),
+    "fine1": ({"AMG_NSWEEP": 1}, {}),
+    "coarse1": ({"AMG_NSWEEP_COARSE": 1}, {}),
+    "both1": ({"AMG_NSWEEP": 1, "AMG_NSWEEP_COARSE": 1}, {}),
+    "restart4": ({}, {"restart": 4}),
+    "restart6": ({}, {"restart": 6}),
+    "f64": ({"AMG_DTYPE": np.float64}, {}),
+    "f64-restart12": ({"AMG_DTYPE": np.float64}, {"restart": 12}),
+    "f32": ({"AMG_DTYPE": np.float32}, {}),
+    "f32-restart12": ({"AMG_DTYPE": np.float32}, {"restart": 12}),
+    "f32-restart5": ({"AMG_DTYPE": np.float32}, {"restart": 5}),
+    "before": ({"AMG_DTYPE": np.float64, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
+    "f32-amg": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
+    "f32-amg-restart5": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 5}),
+    "now": ({}, {}),
+}
+
+
+def variants_section(N, names=None, reps=2):
+    """Replay one captured meta-gradient at N x N under each variant, round-robin; medians."""
+    names = names or list(VARIANTS)
+    data = capture_workload(N)
+    plan = linalg.analyse(data[0][0])
+    res = {v: [] for v in names}
+    for r in range(reps):
+        for v in names:
+            consts, kw = VARIANTS[v]
+            saved = {c: getattr(linalg, c) for c in consts}
+            try:
+                for c, x in consts.items():
+                    setattr(linalg, c, x)
+                tot, tset, out = replay_workload(*data, "krylov", plan=plan, **kw)
+            finally:
+                for c, x in saved.items():
+                    setattr(linalg, c, x)
+            res[v].append(tot)
+            its = [o[0] for o in out]
+            print(f"# N={N} {v} round {r}: total {tot:.2f} s, set-ups {tset:.2f} s, its {sum(its)} {its}, "
+                  f"times {[o[1] for o in out]}, max rel. residual {max(o[2] for o in out):.1e}", flush=True)
+    base = np.median(res[names[0]])
+    for v in names:
+        print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
+
+
+def gradient_variants_section(N, names=("before", "now"), reps=2):
+    """Whole ``MetaRL.gradient`` (features on the fly) at N x N under each variant, in one process;
+    the order alternates between rounds (a falling or rising load favours no variant)."""
+    import fastmeta
+    tasks, fmap = fastmeta.tasks.gridworld_goals(4, N, feature_map=True, seed=0)
+    meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(fmap), tau=1.0, eta=1.0, solver="krylov")
+    th = 0.5 * np.random.default_rng(0).standard_normal(32)
+    orig = linalg.factorize
+    res = {v: [] for v in names}
+    for r in range(reps + 1):  # round 0 is the untimed warm-up of every variant
+        for v in (names if r % 2 else names[::-1]):
+            consts, kw = VARIANTS[v]
+            saved = {c: getattr(linalg, c) for c in consts}
+            try:
+                for c, x in consts.items():
+                    setattr(linalg, c, x)
+                linalg.factorize = lambda *a, **k: orig(*a, **{**kw, **k})
+                t = time.perf_counter()
+                meta.gradient(th)
+                dt = time.perf_counter() - t
+            finally:
+                linalg.factorize = orig
+                for c, x in saved.items():
+                    setattr(linalg, c, x)
+            if r:
+                res[v].append(dt)
+            print(f"# N={N} gradient {v} round {r}{' (warm-up)' if not r else ''}: {dt:.2f} s, load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+    base = np.median(res[names[0]])
+    for v in names:
+        print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
+
+
 if __name__ == "__main__":
     import numba
     sec = sys.argv[1:] or ["grid"]
@@ -267,6 +351,12 @@ if __name__ == "__main__":
         workload_section(Ns or [141, 224, 316, 447, 548])
     if "restart" in sec:
         restart_section()
+    if "gradients" in sec:
+        i = sec.index("gradients")
+        gradient_variants_section(int(sec[i + 1]), tuple(v for v in sec[i + 2:] if v in VARIANTS) or ("before", "now"))
+    if "variants" in sec:
+        i = sec.index("variants")
+        variants_section(int(sec[i + 1]), [v for v in sec[i + 2:] if v in VARIANTS] or None)
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)

@@ -30,15 +30,17 @@ Methods
     nested-dissection ordering computed once per pattern (in the plan), a
     parallel numerical factorisation per matrix.
 ``"krylov"``
-    Restarted GMRES(12) (Numba kernels, right preconditioning, classical
+    Restarted GMRES(5) (Numba kernels, right preconditioning, classical
     Gram-Schmidt with conditional DGKS reorthogonalisation, preconditioned
     basis kept as in flexible GMRES) preconditioned by an aggregation-based
     algebraic multigrid V-cycle built from the values of every new matrix
     (double pairwise matching along the strongest couplings, piecewise-constant
     prolongation, Galerkin coarse matrices, two forward / two backward block
-    Gauss-Seidel sweeps, dense LU on the coarsest level; ``M^T`` gets its own
-    hierarchy); coarsening stops where it stalls or the coarse matrices fill
-    in (expanders), the last level is then smoothed only.  Several
+    Gauss-Seidel sweeps, dense LU on the coarsest level; stored in float32,
+    ``AMG_DTYPE``, which limits only the preconditioner, not the solve's
+    accuracy; ``M^T`` gets its own hierarchy); coarsening stops where it
+    stalls or the coarse matrices fill in (expanders), the last level is then
+    smoothed only.  Several
     right-hand sides (``b`` of shape ``(n, k)``) run as up to 4 GMRES
     iterations in lockstep, sharing every pass over the matrices.
     Convergence is declared per column on the *true* residual
@@ -118,17 +120,32 @@ AMG_NSWEEP_COARSE = 2
 AMG_OMEGA = 1.0
 #: AMG: cycle index, coarse-grid recursions per level (1: V-cycle, 2: W-cycle).
 AMG_CYCLE_INDEX = 1
+#: Storage precision of the preconditioner (level matrices, smoother, cycle vectors).
+#: GMRES runs on the float64 ``M`` and keeps the preconditioned vectors (flexible
+#: GMRES), so this limits only how good the preconditioner is, not the accuracy of
+#: the solve; float32 halves the cycle's memory traffic, which bounds its speed
+#: (10^6 grid: the same iterations, see the solver study).
+AMG_DTYPE = np.float32
 #: Gauss-Seidel smoother: a level is swept in up to ``GS_BLOCKS`` fixed row blocks
 #: of at least ``GS_BLOCK_MIN_ROWS`` rows (Jacobi coupling between blocks, blocks
 #: in parallel); a multiple of 4 blocks, so that 1, 2 or 4 threads get equal shares.
 GS_BLOCK_MIN_ROWS = 1000
 GS_BLOCKS = 16
-#: GMRES: default restart length (the AMG-preconditioned iteration converges
-#: almost linearly: restart 12 needs 0-5% more iterations than 30, see the study).
-KRYLOV_RESTART = 12
+#: GMRES: default restart length.  The AMG-preconditioned iteration converges
+#: almost linearly, so a short Krylov memory costs few iterations (one meta-gradient
+#: at 10^6 states: the same 192 with restart 4, 6 and 12; at 2.25 x 10^4: 151 with 5,
+#: 150 with 12) while Gram-Schmidt reads every basis vector per iteration: restart 5
+#: instead of 12 saves about 10% of the bytes moved per iteration (see the study).
+KRYLOV_RESTART = 5
 #: GMRES: the restart is lowered for large systems so that the basis fits in this
-#: many bytes (10^6 states, 4 columns: restart 7, 0.5 GB; 10^7: restart 2, 1.6 GB).
+#: many bytes (10^7 states, 4 columns: restart 2, 1.6 GB).
 KRYLOV_BASIS_BYTES = 512 * 2**20
+#: GMRES: storage precision of the Krylov basis and of the preconditioned basis.
+#: The arithmetic is float64 and every restart recomputes the true residual in
+#: float64 from the float64 iterate, so a float32 basis (as in compressed-basis
+#: GMRES) perturbs each restart cycle by ~1e-7 relative, not the attainable
+#: accuracy; it halves the Gram-Schmidt traffic and the basis memory.
+KRYLOV_BASIS_DTYPE = np.float32
 #: GMRES: at most this many right-hand sides advance in lockstep (kernel limit 4).
 KRYLOV_BLOCK = 4
 #: GMRES: reorthogonalise when Gram-Schmidt shrinks a vector below this fraction.
@@ -546,11 +563,13 @@ class _Hierarchy:
     (<= ``AMG_COARSE_SIZE`` rows) is solved by a dense LU without pivoting
     (Numba).  With ``max_levels=1`` this is ``nsweep`` symmetric Gauss-Seidel
     sweeps.  ``M^T`` gets a hierarchy of its own (its own aggregates).
-    Vectors are ``(n, k)`` blocks, ``k <= KRYLOV_BLOCK``.
+    Vectors are ``(n, k)`` blocks, ``k <= KRYLOV_BLOCK``.  The hierarchy is
+    built in float64 and stored in ``dtype`` (default ``AMG_DTYPE``): matrices,
+    ``1/diag`` and the cycle's vectors (float64 input and output are cast).
     """
 
     def __init__(self, indptr, indices, data, diag, max_levels=AMG_MAX_LEVELS,
-                 nsweep=None, cycles=None):
+                 nsweep=None, cycles=None, dtype=None):
         self.levels = [_Level(indptr, indices, data, diag)]
         while len(self.levels) < max_levels:
             lv = self.levels[-1]
@@ -581,6 +600,11 @@ class _Hierarchy:
                                   shape=(last.n, last.n)).toarray()
             _k.dense_lu(dense)  # Numba, serial: LAPACK's thread pool would fight Numba's
             self.lu = dense
+        # built in float64, stored in the cycle's precision (level 0: a copy; M stays float64)
+        self.dtype = np.dtype(AMG_DTYPE if dtype is None else dtype)
+        for lv in self.levels:
+            lv.data = lv.data.astype(self.dtype, copy=False)
+            lv.invd = lv.invd.astype(self.dtype, copy=False)
         self.nsweep = max(1, AMG_NSWEEP if nsweep is None else nsweep)
         self.nsweep_coarse = max(1, AMG_NSWEEP_COARSE if nsweep is None else nsweep)
         self.cycles = AMG_CYCLE_INDEX if cycles is None else cycles
@@ -589,15 +613,27 @@ class _Hierarchy:
     def _workspace(self, k):
         w = self._work.get(k)
         if w is None:
-            # per level: rhs, solution, (unused), copy for the block smoother
-            w = [(np.empty((lv.n, k)), np.empty((lv.n, k)), None,
-                  np.empty((lv.n, k)) if lv.nblk > 1 else None) for lv in self.levels]
+            # per level: rhs, solution, copy for the block smoother; level 0 works on
+            # the caller's vectors (cast copies, made on demand, if their precision differs)
+            dt = self.dtype
+            w = [[np.empty((lv.n, k), dt) if l else None, np.empty((lv.n, k), dt) if l else None,
+                  np.empty((lv.n, k), dt) if lv.nblk > 1 else None]
+                 for l, lv in enumerate(self.levels)]
             self._work[k] = w
         return w
 
     def apply(self, b, x):
         """``x = B b`` with ``B`` one cycle (``x`` is overwritten); ``(n, k)`` blocks."""
-        self._cycle(0, b, x, self._workspace(b.shape[1]))
+        work = self._workspace(b.shape[1])
+        if b.dtype == self.dtype and x.dtype == self.dtype:
+            self._cycle(0, b, x, work)
+            return
+        if work[0][0] is None:
+            work[0][0], work[0][1] = np.empty(b.shape, self.dtype), np.empty(b.shape, self.dtype)
+        b0, x0 = work[0][0], work[0][1]
+        _k.cast_copy(b, b0)
+        self._cycle(0, b0, x0, work)
+        _k.cast_copy(x0, x)
 
     def _smooth(self, lv, ops, b, x, xold, forward, zero=False):
         ip, ix, dv = ops
@@ -613,7 +649,7 @@ class _Hierarchy:
     def _cycle(self, l, b, x, work):
         lv = self.levels[l]
         ops = (lv.indptr, lv.indices, lv.data)
-        xold = work[l][3]
+        xold = work[l][2]
         if l == len(self.levels) - 1:
             if self.lu is not None:
                 _k.dense_lu_solve(self.lu, b, x)
@@ -667,15 +703,16 @@ def _acquire_workspace(plan, n, k, m):
     allocate their own.
     """
     need = (2 * m + 1) * n * k
+    dtype = np.dtype(KRYLOV_BASIS_DTYPE)
     with _POOL_LOCK:
         pool = plan.__dict__.setdefault("_pool", {})
         buf = pool.get(m)
-        if buf is not None and buf.shape[0] >= need:
+        if buf is not None and buf.shape[0] >= need and buf.dtype == dtype:
             del pool[m]
         else:
             buf = None
     if buf is None:
-        buf = np.empty(need)
+        buf = np.empty(need, dtype)
     return _Workspace(n, k, m, buf)
 
 
@@ -999,7 +1036,7 @@ def krylov_restart(restart: int, n: int, k: int) -> int:
     restart costs few iterations (restart 3 instead of 12: 23/29 instead of
     22/28 iterations on the benchmark matrices, see the solver study).
     """
-    fit = (KRYLOV_BASIS_BYTES // (8 * n * k) - 1) // 2
+    fit = (KRYLOV_BASIS_BYTES // (np.dtype(KRYLOV_BASIS_DTYPE).itemsize * n * k) - 1) // 2
     return max(1, min(restart, max(2, fit)))
 
 

@@ -410,10 +410,13 @@ def test_krylov_accepts_a_linear_operator():
 
 
 def test_krylov_restart_fits_the_basis_budget(monkeypatch):
+    assert linalg.KRYLOV_BASIS_DTYPE == np.float32
     assert linalg.krylov_restart(12, 1000, 4) == 12
-    assert linalg.krylov_restart(12, 10**6, 4) == 7   # 15 blocks of 32 MB <= 512 MiB
+    assert linalg.krylov_restart(12, 2 * 10**6, 4) == 7   # 15 float32 blocks of 32 MB <= 512 MiB
     assert linalg.krylov_restart(12, 10**7, 4) == 2   # never below 2
     assert linalg.krylov_restart(1, 10**7, 4) == 1
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float64)
+    assert linalg.krylov_restart(12, 10**6, 4) == 7   # float64: 15 blocks of 32 MB
     # a solve under a tiny budget still converges (restart 2)
     monkeypatch.setattr(linalg, "KRYLOV_BASIS_BYTES", 8 * 576 * 5)
     M = grid_M(24)
@@ -442,3 +445,82 @@ def test_pardiso_against_dense_oracle(trans):
         np.testing.assert_allclose(solve2(B[:, 0]), np.linalg.solve(A2, B[:, 0]), rtol=1e-10, atol=1e-10)
         del f, f2
     assert len(plan._pardiso_pool) == 2  # handles are reused, not re-analysed
+
+
+def test_float32_preconditioner_keeps_the_float64_accuracy(monkeypatch):
+    """AMG hierarchy and Krylov basis stored in float32: GMRES on the float64 M still reaches rtol 1e-13."""
+    M = grid_M(40, drift=True)  # 1600 states, several levels
+    A = M.toarray()
+    rng = np.random.default_rng(21)
+    b, B = rng.normal(size=M.shape[0]), rng.normal(size=(M.shape[0], 3))
+    f32 = factorize(M, "krylov", rtol=1e-13)
+    assert all(lv.data.dtype == np.float32 and lv.invd.dtype == np.float32 for lv in f32._hier.levels)
+    assert f32.data.dtype == np.float64 and len(f32._hier.levels) >= 2
+    monkeypatch.setattr(linalg, "AMG_DTYPE", np.float64)
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float64)
+    f64 = factorize(M, "krylov", rtol=1e-13)
+    assert f64._hier.levels[0].data is f64.data
+    for f in (f32, f64):
+        x, xt, X = f.solve(b), f.solve_transposed(b), f.solve(B)
+        assert np.linalg.norm(b - A @ x) <= 1e-13 * np.linalg.norm(b)
+        assert np.linalg.norm(b - A.T @ xt) <= 1e-13 * np.linalg.norm(b)
+        assert np.all(np.linalg.norm(B - A @ X, axis=0) <= 1e-13 * np.linalg.norm(B, axis=0))
+    # the preconditioner's precision does not change the iteration counts (1e-7 vs 1e-16 perturbation)
+    assert abs(f32.iterations - f64.iterations) <= 1
+    assert abs(f32.iterations_transposed - f64.iterations_transposed) <= 1
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_column_kernels_against_numpy(k, dtype):
+    """Every column count K (one compiled body each) and both storage precisions."""
+    from fastmeta._kernels import krylov as kk
+    M = random_M(300, 0.9, seed=3, k=5)
+    ip, ix, dv = M.indptr.astype(np.int64), M.indices, M.data.astype(dtype)
+    A = sp.csr_matrix((dv.astype(np.float64), ix, ip), shape=M.shape)
+    n = M.shape[0]
+    rng = np.random.default_rng(k)
+    X, B = rng.normal(size=(n, k)).astype(dtype), rng.normal(size=(n, k)).astype(dtype)
+    tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+    Y = np.empty_like(X)
+    kk.csr_matvec(ip, ix, dv, X, Y)
+    np.testing.assert_allclose(Y, A @ X.astype(np.float64), **tol)
+    kk.csr_residual(ip, ix, dv, X, B, Y)
+    np.testing.assert_allclose(Y, B - A @ X.astype(np.float64), **tol)
+    # forward Gauss-Seidel (one block): (D + L) x_new = b - U x
+    invd = (1.0 / A.diagonal()).astype(dtype)
+    Xg = X.copy()
+    kk.gs_sweep(ip, ix, dv, invd, B, Xg, Xg, 1, np.ones(n, dtype=np.bool_), True)
+    DL, U = sp.tril(A, format="csr"), sp.triu(A, 1, format="csr")
+    ref = sp.linalg.spsolve_triangular(DL, B - U @ X.astype(np.float64), lower=True)
+    np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
+    kk.gs_sweep_zero(ip, ix, dv, invd, B, Xg, 1)
+    ref = sp.linalg.spsolve_triangular(DL, B.astype(np.float64), lower=True)
+    np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
+    # fused residual + restriction over aggregates of 3 consecutive rows
+    agg = (np.arange(n) // 3).astype(ix.dtype)
+    nc = int(agg.max()) + 1
+    ptr, members = np.empty(nc + 1, dtype=np.int64), np.empty(n, dtype=agg.dtype)
+    kk.agg_members(agg, ptr, members)
+    Rc = np.empty((nc, k), dtype=dtype)
+    kk.residual_restrict(ptr, members, ip, ix, dv, X, B, Rc)
+    R = B - A @ X.astype(np.float64)
+    np.testing.assert_allclose(Rc, np.add.reduceat(R, np.arange(0, n, 3), axis=0), **tol)
+    # Gram-Schmidt pair on a basis of 3 vectors per column
+    V = rng.normal(size=(4, n, k))
+    W = rng.normal(size=(n, k))
+    part, h, nrm = np.empty((64, 5, k)), np.empty((5, k)), np.empty(k)
+    kk.col_dots(V, 3, W, part, h)
+    np.testing.assert_allclose(h[:3], np.einsum("int,nt->it", V[:3], W), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(h[3], (W * W).sum(0), rtol=1e-12)
+    Wref = W - np.einsum("it,int->nt", h[:3], V[:3])
+    kk.col_lincomb_sub(V, 3, h, W, part, nrm)
+    np.testing.assert_allclose(W, Wref, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(nrm, (Wref * Wref).sum(0), rtol=1e-12)
+
+
+def test_column_kernels_take_one_to_four_columns():
+    from fastmeta._kernels import krylov as kk
+    X = np.zeros((3, 5))
+    with pytest.raises(ValueError, match="1 to 4 columns, got 5"):
+        kk.csr_matvec(np.zeros(4, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0), X, X)

@@ -19,102 +19,116 @@ from ._config import N_CHUNKS, jit, pjit, sized
 
 # --------------------------------------------------------------------------
 # batched vector kernels: a block of k <= 4 vectors is an (n, k) C array, so
-# every matrix entry is read once for the k vectors.  Kernels with a `sized`
-# decorator run serially on small levels (no thread-pool wake-up).
+# every matrix entry is read once for the k vectors.  Each kernel is written
+# once, for a column count K that is a compile-time constant (a closure
+# variable of the factory): the per-column lines read ``if K > s`` and compile
+# away, so the K accumulators live in registers (a loop over a runtime k keeps
+# them in memory: 1.5x slower, see the solver study).  Each K is compiled on
+# first use, serial and parallel (see ``sized``), and cached on disk (Numba's
+# cache keys a closure by the contents of its cells).
 # --------------------------------------------------------------------------
-@sized
-def csr_matvec(indptr, indices, data, X, Y):  # pragma: no cover - numba
-    """``Y = A @ X`` for a CSR matrix and an (n, k <= 4) block (parallel over rows)."""
-    n = indptr.shape[0] - 1
-    k = X.shape[1]
-    for i in prange(n):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        if k == 1:
-            for p in range(lo, hi):
-                s0 += data[p] * X[indices[p], 0]
-        elif k == 2:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-        elif k == 3:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-                s2 += a * X[j, 2]
-        else:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-                s2 += a * X[j, 2]
-                s3 += a * X[j, 3]
-        Y[i, 0] = s0
-        if k > 1:
-            Y[i, 1] = s1
-        if k > 2:
-            Y[i, 2] = s2
-        if k > 3:
-            Y[i, 3] = s3
+class ColumnKernel:
+    """A kernel family over the column count K = 1..4 of its block arguments.
+
+    ``factory(K)`` returns the kernel's Python function for K columns; calling
+    the family (or its ``serial``/``parallel`` side) reads K from the shape of
+    argument ``block`` and runs that variant.
+    """
+
+    def __init__(self, factory, block: int):
+        self._factory, self._block = factory, block
+        self._variants = {}
+        self.__doc__, self.__name__ = factory.__doc__, factory.__name__
+        self.serial = _Side(self, "serial")
+        self.parallel = _Side(self, "parallel")
+
+    def at(self, k: int):
+        """The serial/parallel pair (``sized`` kernel) for ``k`` columns."""
+        kernel = self._variants.get(k)
+        if kernel is None:
+            if not 1 <= k <= 4:
+                raise ValueError(f"{self.__name__}: blocks have 1 to 4 columns, got {k}")
+            kernel = self._variants[k] = sized(self._factory(k))
+        return kernel
+
+    def __call__(self, *args):
+        return self.at(args[self._block].shape[1])(*args)
 
 
-@sized
-def csr_residual(indptr, indices, data, X, B, R):  # pragma: no cover - numba
-    """``R = B - A @ X`` for an (n, k <= 4) block (parallel over rows)."""
-    n = indptr.shape[0] - 1
-    k = X.shape[1]
-    for i in prange(n):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        if k == 1:
-            for p in range(lo, hi):
-                s0 += data[p] * X[indices[p], 0]
-        elif k == 2:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-        elif k == 3:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-                s2 += a * X[j, 2]
-        else:
-            for p in range(lo, hi):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                s1 += a * X[j, 1]
-                s2 += a * X[j, 2]
-                s3 += a * X[j, 3]
-        R[i, 0] = B[i, 0] - s0
-        if k > 1:
-            R[i, 1] = B[i, 1] - s1
-        if k > 2:
-            R[i, 2] = B[i, 2] - s2
-        if k > 3:
-            R[i, 3] = B[i, 3] - s3
+class _Side:
+    """The serial (or parallel) kernels of a :class:`ColumnKernel`, K picked per call."""
+
+    def __init__(self, family: ColumnKernel, side: str):
+        self._family, self._side = family, side
+
+    def __call__(self, *args):
+        family = self._family
+        return getattr(family.at(args[family._block].shape[1]), self._side)(*args)
 
 
-@sized
-def gs_sweep(indptr, indices, data, invd, B, X, Xold, nblk, interior, forward):  # pragma: no cover - numba
-    """One in-place block Gauss-Seidel sweep for ``A X = B``, X an (n, k <= 4) block.
+def column_kernel(block: int):
+    """Decorator of a kernel factory ``f(K)``: a :class:`ColumnKernel` reading K from argument ``block``."""
+    return lambda factory: ColumnKernel(factory, block)
+
+
+@column_kernel(block=3)
+def csr_matvec(K):
+    """``Y = A @ X`` for a CSR matrix and an (n, K) block (parallel over rows)."""
+    def csr_matvec(indptr, indices, data, X, Y):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = s1 = s2 = s3 = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                if K > 1:
+                    s1 += a * X[j, 1]
+                if K > 2:
+                    s2 += a * X[j, 2]
+                if K > 3:
+                    s3 += a * X[j, 3]
+            Y[i, 0] = s0
+            if K > 1:
+                Y[i, 1] = s1
+            if K > 2:
+                Y[i, 2] = s2
+            if K > 3:
+                Y[i, 3] = s3
+    return csr_matvec
+
+
+@column_kernel(block=3)
+def csr_residual(K):
+    """``R = B - A @ X`` for an (n, K) block (parallel over rows)."""
+    def csr_residual(indptr, indices, data, X, B, R):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = B[i, 0]
+            s1 = B[i, 1] if K > 1 else 0.0
+            s2 = B[i, 2] if K > 2 else 0.0
+            s3 = B[i, 3] if K > 3 else 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                a = data[p]
+                j = indices[p]
+                s0 -= a * X[j, 0]
+                if K > 1:
+                    s1 -= a * X[j, 1]
+                if K > 2:
+                    s2 -= a * X[j, 2]
+                if K > 3:
+                    s3 -= a * X[j, 3]
+            R[i, 0] = s0
+            if K > 1:
+                R[i, 1] = s1
+            if K > 2:
+                R[i, 2] = s2
+            if K > 3:
+                R[i, 3] = s3
+    return csr_residual
+
+
+@column_kernel(block=4)
+def gs_sweep(K):
+    """One in-place block Gauss-Seidel sweep for ``A X = B``, X an (n, K) block.
 
     The rows are split into ``nblk`` fixed contiguous blocks (chosen from ``n``
     only); inside a block the sweep is Gauss-Seidel in row order (ascending if
@@ -125,85 +139,87 @@ def gs_sweep(indptr, indices, data, invd, B, X, Xold, nblk, interior, forward): 
     that row ``i`` couples only to its own block (no test per entry), see
     :func:`block_halo`.
     """
-    n = indptr.shape[0] - 1
-    k = X.shape[1]
-    bs = (n + nblk - 1) // nblk
-    for q in prange(nblk):
-        blo = q * bs
-        bhi = min(n, blo + bs)
-        for t in range(max(0, bhi - blo)):
-            i = blo + t if forward else bhi - 1 - t
-            s0 = B[i, 0]
-            s1 = B[i, 1] if k > 1 else 0.0
-            s2 = B[i, 2] if k > 2 else 0.0
-            s3 = B[i, 3] if k > 3 else 0.0
-            inner = nblk == 1 or interior[i]
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                a = data[p]
-                if inner or (j >= blo and j < bhi):
-                    s0 -= a * X[j, 0]
-                    if k > 1:
-                        s1 -= a * X[j, 1]
-                    if k > 2:
-                        s2 -= a * X[j, 2]
-                    if k > 3:
-                        s3 -= a * X[j, 3]
-                else:
-                    s0 -= a * Xold[j, 0]
-                    if k > 1:
-                        s1 -= a * Xold[j, 1]
-                    if k > 2:
-                        s2 -= a * Xold[j, 2]
-                    if k > 3:
-                        s3 -= a * Xold[j, 3]
-            d = invd[i]
-            X[i, 0] += s0 * d
-            if k > 1:
-                X[i, 1] += s1 * d
-            if k > 2:
-                X[i, 2] += s2 * d
-            if k > 3:
-                X[i, 3] += s3 * d
+    def gs_sweep(indptr, indices, data, invd, B, X, Xold, nblk, interior, forward):  # pragma: no cover - numba
+        n = indptr.shape[0] - 1
+        bs = (n + nblk - 1) // nblk
+        for q in prange(nblk):
+            blo = q * bs
+            bhi = min(n, blo + bs)
+            for t in range(max(0, bhi - blo)):
+                i = blo + t if forward else bhi - 1 - t
+                s0 = B[i, 0]
+                s1 = B[i, 1] if K > 1 else 0.0
+                s2 = B[i, 2] if K > 2 else 0.0
+                s3 = B[i, 3] if K > 3 else 0.0
+                inner = nblk == 1 or interior[i]
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    a = data[p]
+                    if inner or (j >= blo and j < bhi):
+                        s0 -= a * X[j, 0]
+                        if K > 1:
+                            s1 -= a * X[j, 1]
+                        if K > 2:
+                            s2 -= a * X[j, 2]
+                        if K > 3:
+                            s3 -= a * X[j, 3]
+                    else:
+                        s0 -= a * Xold[j, 0]
+                        if K > 1:
+                            s1 -= a * Xold[j, 1]
+                        if K > 2:
+                            s2 -= a * Xold[j, 2]
+                        if K > 3:
+                            s3 -= a * Xold[j, 3]
+                d = invd[i]
+                X[i, 0] += s0 * d
+                if K > 1:
+                    X[i, 1] += s1 * d
+                if K > 2:
+                    X[i, 2] += s2 * d
+                if K > 3:
+                    X[i, 3] += s3 * d
+    return gs_sweep
 
 
-@sized
-def gs_sweep_zero(indptr, indices, data, invd, B, X, nblk):  # pragma: no cover - numba
+@column_kernel(block=4)
+def gs_sweep_zero(K):
     """:func:`gs_sweep` (forward) from ``X = 0``: ``X`` need not be initialised.
 
     Only the strictly lower part inside a row's block contributes (everything
     else multiplies zeros), so this is a cheap forward substitution per block.
     """
-    n = indptr.shape[0] - 1
-    k = X.shape[1]
-    bs = (n + nblk - 1) // nblk
-    for q in prange(nblk):
-        blo = q * bs
-        bhi = min(n, blo + bs)
-        for i in range(blo, bhi):
-            s0 = B[i, 0]
-            s1 = B[i, 1] if k > 1 else 0.0
-            s2 = B[i, 2] if k > 2 else 0.0
-            s3 = B[i, 3] if k > 3 else 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                if j < i and j >= blo:
-                    a = data[p]
-                    s0 -= a * X[j, 0]
-                    if k > 1:
-                        s1 -= a * X[j, 1]
-                    if k > 2:
-                        s2 -= a * X[j, 2]
-                    if k > 3:
-                        s3 -= a * X[j, 3]
-            d = invd[i]
-            X[i, 0] = s0 * d
-            if k > 1:
-                X[i, 1] = s1 * d
-            if k > 2:
-                X[i, 2] = s2 * d
-            if k > 3:
-                X[i, 3] = s3 * d
+    def gs_sweep_zero(indptr, indices, data, invd, B, X, nblk):  # pragma: no cover - numba
+        n = indptr.shape[0] - 1
+        bs = (n + nblk - 1) // nblk
+        for q in prange(nblk):
+            blo = q * bs
+            bhi = min(n, blo + bs)
+            for i in range(blo, bhi):
+                s0 = B[i, 0]
+                s1 = B[i, 1] if K > 1 else 0.0
+                s2 = B[i, 2] if K > 2 else 0.0
+                s3 = B[i, 3] if K > 3 else 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    if j < i and j >= blo:
+                        a = data[p]
+                        s0 -= a * X[j, 0]
+                        if K > 1:
+                            s1 -= a * X[j, 1]
+                        if K > 2:
+                            s2 -= a * X[j, 2]
+                        if K > 3:
+                            s3 -= a * X[j, 3]
+                d = invd[i]
+                X[i, 0] = s0 * d
+                if K > 1:
+                    X[i, 1] = s1 * d
+                if K > 2:
+                    X[i, 2] = s2 * d
+                if K > 3:
+                    X[i, 3] = s3 * d
+    return gs_sweep_zero
 
 
 @jit
@@ -241,50 +257,49 @@ def copy_rows(rows, X, Y):  # pragma: no cover - numba
             Y[i, s] = X[i, s]
 
 
-@sized
-def residual_restrict(ptr, members, indptr, indices, data, X, B, Rc):  # pragma: no cover - numba
+@column_kernel(block=5)
+def residual_restrict(K):
     """``Rc[I] = sum_{i in aggregate I} (B - A X)[i]``: residual and restriction fused."""
-    nc = ptr.shape[0] - 1
-    k = X.shape[1]
-    for c in prange(nc):
-        r0 = 0.0
-        r1 = 0.0
-        r2 = 0.0
-        r3 = 0.0
-        for m in range(ptr[c], ptr[c + 1]):
-            i = members[m]
-            lo = indptr[i]
-            hi = indptr[i + 1]
-            if k == 1:
+    def residual_restrict(ptr, members, indptr, indices, data, X, B, Rc):  # pragma: no cover - numba
+        for c in prange(ptr.shape[0] - 1):
+            r0 = r1 = r2 = r3 = 0.0
+            for m in range(ptr[c], ptr[c + 1]):
+                i = members[m]
                 s0 = B[i, 0]
-                for p in range(lo, hi):
-                    s0 -= data[p] * X[indices[p], 0]
-                r0 += s0
-            else:
-                s0 = B[i, 0]
-                s1 = B[i, 1]
-                s2 = B[i, 2] if k > 2 else 0.0
-                s3 = B[i, 3] if k > 3 else 0.0
-                for p in range(lo, hi):
+                s1 = B[i, 1] if K > 1 else 0.0
+                s2 = B[i, 2] if K > 2 else 0.0
+                s3 = B[i, 3] if K > 3 else 0.0
+                for p in range(indptr[i], indptr[i + 1]):
                     a = data[p]
                     j = indices[p]
                     s0 -= a * X[j, 0]
-                    s1 -= a * X[j, 1]
-                    if k > 2:
+                    if K > 1:
+                        s1 -= a * X[j, 1]
+                    if K > 2:
                         s2 -= a * X[j, 2]
-                    if k > 3:
+                    if K > 3:
                         s3 -= a * X[j, 3]
                 r0 += s0
                 r1 += s1
                 r2 += s2
                 r3 += s3
-        Rc[c, 0] = r0
-        if k > 1:
-            Rc[c, 1] = r1
-        if k > 2:
-            Rc[c, 2] = r2
-        if k > 3:
-            Rc[c, 3] = r3
+            Rc[c, 0] = r0
+            if K > 1:
+                Rc[c, 1] = r1
+            if K > 2:
+                Rc[c, 2] = r2
+            if K > 3:
+                Rc[c, 3] = r3
+    return residual_restrict
+
+
+@sized
+def cast_copy(X, Y):  # pragma: no cover - numba
+    """``Y[:] = X`` for (n, k) blocks of different precision (parallel over rows)."""
+    k = X.shape[1]
+    for i in prange(X.shape[0]):
+        for s in range(k):
+            Y[i, s] = X[i, s]
 
 
 @sized
@@ -343,120 +358,105 @@ def dense_lu_solve(LU, B, X):  # pragma: no cover - numba
 # i-th basis vector of system s.  Reductions are chunked (N_CHUNKS fixed
 # chunks), so results do not depend on the number of threads.
 # --------------------------------------------------------------------------
-@sized
-def col_dots(V, j1, W, part, out):  # pragma: no cover - numba
+@column_kernel(block=2)
+def col_dots(K):
     """``out[i, s] = V[i, :, s] . W[:, s]`` for ``i < j1`` and ``out[j1, s] = |W[:, s]|^2``.
 
-    ``part`` is (N_CHUNKS, >= j1 + 1, k) scratch; chunk partial sums are combined
-    serially in chunk order.  ``k <= 4``.
+    ``part`` is (N_CHUNKS, >= j1 + 1, K) scratch; chunk partial sums are combined
+    serially in chunk order.
     """
-    n, k = W.shape
-    csize = (n + N_CHUNKS - 1) // N_CHUNKS
-    for c in prange(N_CHUNKS):
-        lo = c * csize
-        hi = min(n, lo + csize)
-        for i in range(j1 + 1):
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            if k == 1:
+    def col_dots(V, j1, W, part, out):  # pragma: no cover - numba
+        n = W.shape[0]
+        csize = (n + N_CHUNKS - 1) // N_CHUNKS
+        for c in prange(N_CHUNKS):
+            lo = c * csize
+            hi = min(n, lo + csize)
+            for i in range(j1 + 1):
+                a0 = a1 = a2 = a3 = 0.0
                 if i < j1:
                     for t in range(lo, hi):
                         a0 += V[i, t, 0] * W[t, 0]
+                        if K > 1:
+                            a1 += V[i, t, 1] * W[t, 1]
+                        if K > 2:
+                            a2 += V[i, t, 2] * W[t, 2]
+                        if K > 3:
+                            a3 += V[i, t, 3] * W[t, 3]
                 else:
                     for t in range(lo, hi):
                         a0 += W[t, 0] * W[t, 0]
-            else:
-                for t in range(lo, hi):
-                    w0 = W[t, 0]
-                    w1 = W[t, 1]
-                    w2 = W[t, 2] if k > 2 else 0.0
-                    w3 = W[t, 3] if k > 3 else 0.0
-                    if i < j1:
-                        a0 += V[i, t, 0] * w0
-                        a1 += V[i, t, 1] * w1
-                        if k > 2:
-                            a2 += V[i, t, 2] * w2
-                        if k > 3:
-                            a3 += V[i, t, 3] * w3
-                    else:
-                        a0 += w0 * w0
-                        a1 += w1 * w1
-                        a2 += w2 * w2
-                        a3 += w3 * w3
-            part[c, i, 0] = a0
-            if k > 1:
-                part[c, i, 1] = a1
-            if k > 2:
-                part[c, i, 2] = a2
-            if k > 3:
-                part[c, i, 3] = a3
-    for i in range(j1 + 1):
-        for s in range(k):
-            acc = 0.0
-            for c in range(N_CHUNKS):
-                acc += part[c, i, s]
-            out[i, s] = acc
+                        if K > 1:
+                            a1 += W[t, 1] * W[t, 1]
+                        if K > 2:
+                            a2 += W[t, 2] * W[t, 2]
+                        if K > 3:
+                            a3 += W[t, 3] * W[t, 3]
+                part[c, i, 0] = a0
+                if K > 1:
+                    part[c, i, 1] = a1
+                if K > 2:
+                    part[c, i, 2] = a2
+                if K > 3:
+                    part[c, i, 3] = a3
+        for i in range(j1 + 1):
+            for s in range(K):
+                acc = 0.0
+                for c in range(N_CHUNKS):
+                    acc += part[c, i, s]
+                out[i, s] = acc
+    return col_dots
 
 
-@sized
-def col_lincomb_sub(V, j1, H, W, part, nrm):  # pragma: no cover - numba
+@column_kernel(block=3)
+def col_lincomb_sub(K):
     """``W[:, s] -= sum_{i<j1} H[i, s] V[i, :, s]``, then ``nrm[s] = |W[:, s]|^2`` (chunked).
 
-    ``k <= 4``; each element of ``W`` is loaded and stored once.
+    Each element of ``W`` is loaded and stored once.
     """
-    n, k = W.shape
-    csize = (n + N_CHUNKS - 1) // N_CHUNKS
-    for c in prange(N_CHUNKS):
-        lo = c * csize
-        hi = min(n, lo + csize)
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
-        if k == 1:
+    def col_lincomb_sub(V, j1, H, W, part, nrm):  # pragma: no cover - numba
+        n = W.shape[0]
+        csize = (n + N_CHUNKS - 1) // N_CHUNKS
+        for c in prange(N_CHUNKS):
+            lo = c * csize
+            hi = min(n, lo + csize)
+            a0 = a1 = a2 = a3 = 0.0
             for t in range(lo, hi):
                 w0 = W[t, 0]
+                w1 = W[t, 1] if K > 1 else 0.0
+                w2 = W[t, 2] if K > 2 else 0.0
+                w3 = W[t, 3] if K > 3 else 0.0
                 for i in range(j1):
                     w0 -= H[i, 0] * V[i, t, 0]
-                W[t, 0] = w0
-                a0 += w0 * w0
-        else:
-            for t in range(lo, hi):
-                w0 = W[t, 0]
-                w1 = W[t, 1]
-                w2 = W[t, 2] if k > 2 else 0.0
-                w3 = W[t, 3] if k > 3 else 0.0
-                for i in range(j1):
-                    w0 -= H[i, 0] * V[i, t, 0]
-                    w1 -= H[i, 1] * V[i, t, 1]
-                    if k > 2:
+                    if K > 1:
+                        w1 -= H[i, 1] * V[i, t, 1]
+                    if K > 2:
                         w2 -= H[i, 2] * V[i, t, 2]
-                    if k > 3:
+                    if K > 3:
                         w3 -= H[i, 3] * V[i, t, 3]
                 W[t, 0] = w0
-                W[t, 1] = w1
                 a0 += w0 * w0
-                a1 += w1 * w1
-                if k > 2:
+                if K > 1:
+                    W[t, 1] = w1
+                    a1 += w1 * w1
+                if K > 2:
                     W[t, 2] = w2
                     a2 += w2 * w2
-                if k > 3:
+                if K > 3:
                     W[t, 3] = w3
                     a3 += w3 * w3
-        part[c, 0, 0] = a0
-        if k > 1:
-            part[c, 0, 1] = a1
-        if k > 2:
-            part[c, 0, 2] = a2
-        if k > 3:
-            part[c, 0, 3] = a3
-    for s in range(k):
-        acc = 0.0
-        for c in range(N_CHUNKS):
-            acc += part[c, 0, s]
-        nrm[s] = acc
+            part[c, 0, 0] = a0
+            if K > 1:
+                part[c, 0, 1] = a1
+            if K > 2:
+                part[c, 0, 2] = a2
+            if K > 3:
+                part[c, 0, 3] = a3
+        for s in range(K):
+            acc = 0.0
+            for c in range(N_CHUNKS):
+                acc += part[c, 0, s]
+            nrm[s] = acc
+    return col_lincomb_sub
 
 
 @sized
