@@ -6,7 +6,8 @@ h_l = ReLU(z_l) for the hidden layers, h_{-1} = x, and the scalar output f = z_L
 theta holds W_l (row-major, sizes[l+1] x sizes[l]) at woff[l] and b_l at boff[l]. A
 sample's activations (x, h_0, ..., h_{L-1}, f) live side by side in one vector, the input
 of layer l at uoff[l] and its output at uoff[l+1]. Storing h rather than z keeps every
-inner loop a branch-free dot product or axpy (h > 0 exactly where ReLU' = 1).
+inner loop a branch-free dot product or axpy (h > 0 exactly where ReLU' = 1); the dot
+products are ``sl.dot`` (eight fixed-order accumulators: they vectorise without reassoc).
 
 Hessian-vector products follow Pearlmutter (1994): a forward pass of directional
 derivatives R{z} (the R-operator) and a backward pass of R{delta}. ReLU'' is zero away
@@ -23,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from ._config import jit, sized
-from .sl import MODE_EXACT, MODE_VALUE, loss_d1, loss_d2, loss_value
+from .sl import MODE_EXACT, MODE_VALUE, dot, loss_d1, loss_d2, loss_value
 
 
 @jit
@@ -39,9 +40,7 @@ def _forward(theta, sizes, woff, boff, uoff, x, a):
         ain = a[up:up + n_in]
         for o in range(n_out):
             w = theta[w0 + o * n_in:w0 + (o + 1) * n_in]
-            acc = theta[b0 + o]
-            for i in range(n_in):
-                acc += w[i] * ain[i]
+            acc = dot(w, ain) + theta[b0 + o]
             a[u + o] = acc if l == n_layers - 1 or acc > 0.0 else 0.0
 
 
@@ -62,10 +61,7 @@ def _rforward(theta, v, sizes, woff, boff, uoff, a, ra):
                 continue
             w = theta[w0 + o * n_in:w0 + (o + 1) * n_in]
             vw = v[w0 + o * n_in:w0 + (o + 1) * n_in]
-            acc = v[b0 + o]
-            for i in range(n_in):
-                acc += vw[i] * ain[i] + w[i] * rin[i]
-            ra[u + o] = acc
+            ra[u + o] = (dot(vw, ain) + dot(w, rin)) + v[b0 + o]
 
 
 @jit
