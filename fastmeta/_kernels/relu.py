@@ -4,6 +4,9 @@ u(x; W) = sum_r sb[r] ReLU(W_r . x) with sb = b / sqrt(m). Kernels take the weig
 transposed, WT of shape (in_dim, m), so that every inner loop runs over the m hidden
 units: contiguous and long, which is what the vectoriser needs (in_dim is often 2-8).
 Gradients come back in the same (in_dim, m) layout; the public wrappers transpose.
+The kernels compile without reassociation, so the sums over hidden units are
+``sl.dot`` (eight fixed-order accumulators) after a separate masking pass: a single
+chain ``acc += ...`` would run at the latency of one addition per unit.
 
 Determinism: forward and jvp give each row to one thread; vjp gives each block of
 hidden units to one thread, which sums over rows in row order; the meta kernel gives
