@@ -11,7 +11,10 @@ from fastmeta.sl import MetaSL, SLTask
 
 from . import naive
 
-SIZES_CASES = [(2, (5,)), (3, (4, 6)), (1, (7, 5, 3))]
+# Layers narrower than kmlp.AXPY_MIN_OUT (8) run their forward passes as dot products, wider
+# ones as axpys over transposed weights: the last two cases take both paths, with and
+# without a tail after the dot product's blocks of eight.
+SIZES_CASES = [(2, (5,)), (3, (4, 6)), (1, (7, 5, 3)), (3, (9, 12)), (10, (8, 3))]
 
 
 def _net(in_dim, hidden, seed=0, scale=0.5):
@@ -87,8 +90,8 @@ def test_hvp_is_the_exact_hessian(kind, in_dim, hidden):
 
 
 @pytest.mark.parametrize("kind", ["squared", "logistic"])
-def test_meta_gradient_matches_full_hessian_oracle_and_finite_differences(kind):
-    in_dim, hidden = 2, (6, 5)
+@pytest.mark.parametrize("in_dim, hidden", [(2, (6, 5)), (2, (9, 10))])
+def test_meta_gradient_matches_full_hessian_oracle_and_finite_differences(kind, in_dim, hidden):
     sizes = (in_dim, *hidden, 1)
     net, theta = _net(in_dim, hidden, seed=7)
     tasks, raw = _tasks(in_dim, kind, seed=8)

@@ -1,5 +1,7 @@
 """Meta-SL: objective and exact meta-gradient against explicit-Hessian oracles and finite
 differences, first-order option, fit/checkpoint, adaptation, task families, input errors."""
+import math
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,24 @@ def test_linear_parallel_and_serial_kernels_agree_bitwise(numba_threads):
         assert np.array_equal(tl, out[0][0]) and np.array_equal(tg, out[0][1])
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 64, 1027])
+def test_dot_sums_in_its_documented_fixed_order(n):
+    """Eight lane sums (lane l takes k = l mod 8, in order), a fixed tree, then the tail:
+    bit for bit, since the kernels' thread and compilation independence rests on it."""
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    full = 8 * (n // 8)
+    s = [0.0] * 8
+    for k in range(full):
+        s[k % 8] += float(a[k] * b[k])
+    expected = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))
+    for k in range(full, n):
+        expected += float(a[k] * b[k])
+    got = ksl.dot(a, b)
+    assert got == expected
+    assert got == pytest.approx(math.fsum(a * b), rel=1e-12, abs=1e-12)
+
+
 def test_risk_hvp_linear_is_exact_hessian():
     tasks, raw = make_tasks(loss="logistic", seed=11)
     meta = MetaSL(tasks, LinearModel(), loss="logistic", eta=0.1)
@@ -153,13 +173,14 @@ def _min_margin(net, W, tasks, eta, meta):
 
 @pytest.mark.parametrize("kind", ["squared", "logistic"])
 @pytest.mark.parametrize("query", [True, False])
-def test_relu_meta_gradient_matches_oracle_and_finite_differences(kind, query):
+@pytest.mark.parametrize("width", [7, 19])   # sums over hidden units: tail only; two blocks of 8 and a tail
+def test_relu_meta_gradient_matches_oracle_and_finite_differences(kind, query, width):
     tasks, raw = make_tasks(loss=kind, query=query, seed=13)
-    net = TwoLayerReLU(3, 7, seed=14)
+    net = TwoLayerReLU(3, width, seed=14)
     meta = MetaSL(tasks, net, loss=kind, eta=0.5)
     W = net.init_params() + 0.1 * np.random.default_rng(15).normal(size=net.n_params)
-    pred = lambda th, X: naive.relu_predict(th.reshape(7, 3), net.b, X)       # noqa: E731
-    jac = lambda th, X: naive.relu_jacobian(th.reshape(7, 3), net.b, X)       # noqa: E731
+    pred = lambda th, X: naive.relu_predict(th.reshape(width, 3), net.b, X)       # noqa: E731
+    jac = lambda th, X: naive.relu_jacobian(th.reshape(width, 3), net.b, X)       # noqa: E731
     value, grad = meta.value_and_grad(W)
     np.testing.assert_allclose(value, naive.sl_meta_objective(W, raw, pred, jac, kind, 0.5), rtol=1e-12)
     np.testing.assert_allclose(grad, naive.sl_meta_gradient(W, raw, pred, jac, kind, 0.5), rtol=1e-10, atol=1e-13)

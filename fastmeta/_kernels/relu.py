@@ -4,6 +4,9 @@ u(x; W) = sum_r sb[r] ReLU(W_r . x) with sb = b / sqrt(m). Kernels take the weig
 transposed, WT of shape (in_dim, m), so that every inner loop runs over the m hidden
 units: contiguous and long, which is what the vectoriser needs (in_dim is often 2-8).
 Gradients come back in the same (in_dim, m) layout; the public wrappers transpose.
+The kernels compile without reassociation, so the sums over hidden units are
+``sl.dot`` (eight fixed-order accumulators) after a separate masking pass: a single
+chain ``acc += ...`` would run at the latency of one addition per unit.
 
 Determinism: forward and jvp give each row to one thread; vjp gives each block of
 hidden units to one thread, which sums over rows in row order; the meta kernel gives
@@ -18,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._config import N_CHUNKS, jit, pjit
-from .sl import MODE_EXACT, MODE_VALUE, loss_d1, loss_d2, loss_value
+from .sl import MODE_EXACT, MODE_VALUE, dot, loss_d1, loss_d2, loss_value
 
 BLOCK = 128  # hidden units per block of the vjp and of the task mean
 
@@ -36,6 +39,13 @@ def _pre(WT, x, out):
             out[r] += xk * WT[k, r]
 
 
+@jit
+def _relu(v):
+    """v <- max(v, 0) elementwise (NaN -> 0, as a skipped unit)."""
+    for r in range(v.shape[0]):
+        v[r] = v[r] if v[r] > 0.0 else 0.0
+
+
 @pjit
 def relu_forward(WT, sb, X, out):
     """out[j] = u(X[j]; W)."""
@@ -46,11 +56,8 @@ def relu_forward(WT, sb, X, out):
         tmp = np.empty(m)
         for j in range(c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks):
             _pre(WT, X[j], tmp)
-            acc = 0.0
-            for r in range(m):
-                if tmp[r] > 0.0:
-                    acc += sb[r] * tmp[r]
-            out[j] = acc
+            _relu(tmp)
+            out[j] = dot(sb, tmp)
 
 
 @pjit
@@ -65,11 +72,9 @@ def relu_jvp(WT, sb, X, VT, out):
         for j in range(c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks):
             _pre(WT, X[j], tmp)
             _pre(VT, X[j], tmv)
-            acc = 0.0
             for r in range(m):
-                if tmp[r] > 0.0:
-                    acc += sb[r] * tmv[r]
-            out[j] = acc
+                tmv[r] = tmv[r] if tmp[r] > 0.0 else 0.0
+            out[j] = dot(sb, tmv)
 
 
 @pjit
@@ -124,11 +129,9 @@ def _relu_task(i, WT, sb, Xs, ys, offs, Xq, yq, offq, eta, loss, mode, A, hs, ta
     # (times x_j), kept for the Gauss-Newton product below.
     for j in range(s0, s1):
         _pre(WT, Xs[j], tmp)
-        acc = 0.0
         for r in range(m):
-            a = sb[r] if tmp[r] > 0.0 else 0.0
-            A[j, r] = a
-            acc += a * tmp[r]
+            A[j, r] = sb[r] if tmp[r] > 0.0 else 0.0
+        acc = dot(A[j], tmp)
         hs[j] = acc
         c = loss_d1(acc, ys[j], loss) * inv_s
         for k in range(p):
@@ -146,10 +149,8 @@ def _relu_task(i, WT, sb, Xs, ys, offs, Xq, yq, offq, eta, loss, mode, A, hs, ta
     acc_loss = 0.0
     for j in range(q0, q1):
         _pre(WiT, Xq[j], tmp)
-        h = 0.0
-        for r in range(m):
-            if tmp[r] > 0.0:
-                h += sb[r] * tmp[r]
+        _relu(tmp)
+        h = dot(sb, tmp)
         acc_loss += loss_value(h, yq[j], loss)
         if mode != MODE_VALUE:
             c = loss_d1(h, yq[j], loss) * inv_q
@@ -167,9 +168,7 @@ def _relu_task(i, WT, sb, Xs, ys, offs, Xq, yq, offq, eta, loss, mode, A, hs, ta
     GT[:, :] = 0.0
     for j in range(s0, s1):
         _pre(VT, Xs[j], tmp)
-        jv = 0.0
-        for r in range(m):
-            jv += A[j, r] * tmp[r]
+        jv = dot(A[j], tmp)
         c = loss_d2(hs[j], ys[j], loss) * inv_s * jv
         for k in range(p):
             cx = c * Xs[j, k]
