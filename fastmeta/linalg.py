@@ -144,8 +144,12 @@ KRYLOV_BASIS_BYTES = 512 * 2**20
 #: The arithmetic is float64 and every restart recomputes the true residual in
 #: float64 from the float64 iterate, so a float32 basis (as in compressed-basis
 #: GMRES) perturbs each restart cycle by ~1e-7 relative, not the attainable
-#: accuracy; it halves the Gram-Schmidt traffic and the basis memory.
-KRYLOV_BASIS_DTYPE = np.float32
+#: accuracy, and halves the basis memory. It is not the default because it was
+#: slower where measured: one 10^6-state gradient replay 0.86 of the old settings
+#: against 0.72 with a float64 basis, and a gradient of 8 random MDPs of 1000
+#: states 81 ms against 66 ms (same process, bench_results/solver_study.md).
+#: Set it to ``np.float32`` when the basis memory matters more than its speed.
+KRYLOV_BASIS_DTYPE = np.float64
 #: GMRES: at most this many right-hand sides advance in lockstep (kernel limit 4).
 KRYLOV_BLOCK = 4
 #: GMRES: reorthogonalise when Gram-Schmidt shrinks a vector below this fraction.

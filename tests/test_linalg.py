@@ -410,14 +410,15 @@ def test_krylov_accepts_a_linear_operator():
 
 
 def test_krylov_restart_fits_the_basis_budget(monkeypatch):
-    assert linalg.KRYLOV_BASIS_DTYPE == np.float32
+    assert linalg.KRYLOV_BASIS_DTYPE == np.float64
     assert linalg.krylov_restart(12, 1000, 4) == 12
-    assert linalg.krylov_restart(12, 2 * 10**6, 4) == 7   # 15 float32 blocks of 32 MB <= 512 MiB
+    assert linalg.krylov_restart(12, 10**6, 4) == 7   # float64: 15 blocks of 32 MB <= 512 MiB
     assert linalg.krylov_restart(12, 10**7, 4) == 2   # never below 2
     assert linalg.krylov_restart(1, 10**7, 4) == 1
-    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float64)
-    assert linalg.krylov_restart(12, 10**6, 4) == 7   # float64: 15 blocks of 32 MB
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float32)
+    assert linalg.krylov_restart(12, 2 * 10**6, 4) == 7   # 15 float32 blocks of 32 MB
     # a solve under a tiny budget still converges (restart 2)
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float64)
     monkeypatch.setattr(linalg, "KRYLOV_BASIS_BYTES", 8 * 576 * 5)
     M = grid_M(24)
     b = np.random.default_rng(14).normal(size=M.shape[0])
@@ -453,6 +454,7 @@ def test_float32_preconditioner_keeps_the_float64_accuracy(monkeypatch):
     A = M.toarray()
     rng = np.random.default_rng(21)
     b, B = rng.normal(size=M.shape[0]), rng.normal(size=(M.shape[0], 3))
+    monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float32)
     f32 = factorize(M, "krylov", rtol=1e-13)
     assert all(lv.data.dtype == np.float32 and lv.invd.dtype == np.float32 for lv in f32._hier.levels)
     assert f32.data.dtype == np.float64 and len(f32._hier.levels) >= 2
