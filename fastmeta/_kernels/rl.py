@@ -13,6 +13,20 @@ from numba import prange
 from ._config import N_CHUNKS, jit, sized
 
 
+@jit(inline="always")
+def normalise_exp_row(out, s, m):
+    """out[s] <- exp(out[s] - m) / sum_a exp(out[s, a] - m): the softmax of the logits in
+    out[s], whose maximum is m, summed in action order (one form for every policy kernel)."""
+    total = 0.0
+    for a in range(out.shape[1]):
+        e = np.exp(out[s, a] - m)
+        out[s, a] = e
+        total += e
+    inv = 1.0 / total
+    for a in range(out.shape[1]):
+        out[s, a] *= inv
+
+
 @sized
 def softmax_policy(f, inv_tau, Q, eta, out):
     """out[s] = softmax(f[s] * inv_tau + eta * Q[s]), exact for logits of any size.
@@ -41,14 +55,7 @@ def softmax_policy(f, inv_tau, Q, eta, out):
             out[s, a] = z
             if z > m:
                 m = z
-        total = 0.0
-        for a in range(A):
-            e = np.exp(out[s, a] - m)
-            out[s, a] = e
-            total += e
-        inv = 1.0 / total
-        for a in range(A):
-            out[s, a] *= inv
+        normalise_exp_row(out, s, m)
 
 
 @sized

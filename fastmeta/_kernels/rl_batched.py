@@ -231,14 +231,7 @@ def adapted_policy(z0, Q, eta, out):
             out[s, a] = z
             if z > m:
                 m = z
-        total = 0.0
-        for a in range(A):
-            e = np.exp(out[s, a] - m)
-            out[s, a] = e
-            total += e
-        inv = 1.0 / total
-        for a in range(A):
-            out[s, a] *= inv
+        _rl.normalise_exp_row(out, s, m)
 
 
 @jit(inline="always")
