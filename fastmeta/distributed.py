@@ -514,6 +514,29 @@ def _is_worker_loss(exc: BaseException | None) -> bool:
 _RL_SETTINGS = ("tau", "eta", "solver", "tol", "maxiter", "task_workers")
 
 
+def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any) -> Any:
+    """Submit ``build(data, factory, picks, *rest)`` for one shard, pinned to ``worker``.
+
+    With the client's tasks, they are scattered straight to that worker (the scheduler
+    never holds them) as one packed blob; with a task factory, only the specs and the
+    positions to keep travel, as consecutive runs per spec.
+    """
+    client = owner._cluster.client
+    common = dict(workers=[worker], allow_other_workers=False, pure=False)
+    if owner.tasks is not None:
+        [data] = client.scatter([_pack([owner.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
+        return client.submit(build, data, None, None, *rest, **common)
+    picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec))
+    for i in shard.tasks:
+        s, j = owner._spec_of[i]
+        if picks and picks[-1][0] == s:
+            picks[-1][1].append(j)
+        else:
+            picks.append((s, [j]))
+    specs = [(owner._specs[s], positions) for s, positions in picks]
+    return client.submit(build, None, owner._factory, specs, *rest, **common)
+
+
 class DaskMetaRL(EnergyObjective):
     """:class:`fastmeta.MetaRL` with its tasks spread over a Dask cluster; the same bits as one process.
 
@@ -629,23 +652,7 @@ class DaskMetaRL(EnergyObjective):
             setattr(self, name, value)
 
     def _submit_build(self, shard: _Shard, worker: str) -> Any:
-        client = self._cluster.client
-        common = dict(workers=[worker], allow_other_workers=False, pure=False)
-        if self.tasks is not None:
-            # Scattered straight to the worker: the scheduler never holds the tasks.
-            [data] = client.scatter([_pack([self.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
-            return client.submit(_build_rl, data, None, None, shard.layout, self._model_blob, self._settings,
-                                 **common)
-        picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec)), consecutive runs
-        for i in shard.tasks:
-            s, j = self._spec_of[i]
-            if picks and picks[-1][0] == s:
-                picks[-1][1].append(j)
-            else:
-                picks.append((s, [j]))
-        picks2 = [(self._specs[s], positions) for s, positions in picks]
-        return client.submit(_build_rl, None, self._factory, picks2, shard.layout, self._model_blob,
-                             self._settings, **common)
+        return _submit_shard(self, shard, worker, _build_rl, shard.layout, self._model_blob, self._settings)
 
     # ------------------------------------------------------------------ the MetaRL API
     # init_params, objective, gradient, value_and_grad, grad_energy: EnergyObjective's, over _run.
@@ -819,22 +826,7 @@ class DaskMetaSL:
         cluster.place_all()
 
     def _submit_build(self, shard: _Shard, worker: str) -> Any:
-        client = self._cluster.client
-        common = dict(workers=[worker], allow_other_workers=False, pure=False)
-        if self.tasks is not None:
-            [data] = client.scatter([_pack([self.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
-            return client.submit(_build_sl, data, None, None, self._model_blob, self._settings, self._full_rows,
-                                 **common)
-        picks: list[tuple[Any, list[int]]] = []
-        for i in shard.tasks:
-            s, j = self._spec_of[i]
-            if picks and picks[-1][0] == s:
-                picks[-1][1].append(j)
-            else:
-                picks.append((s, [j]))
-        picks2 = [(self._specs[s], positions) for s, positions in picks]
-        return client.submit(_build_sl, None, self._factory, picks2, self._model_blob, self._settings,
-                             self._full_rows, **common)
+        return _submit_shard(self, shard, worker, _build_sl, self._model_blob, self._settings, self._full_rows)
 
     def init_params(self) -> np.ndarray:
         """The model's starting parameters, as :meth:`fastmeta.MetaSL.init_params`."""
