@@ -514,6 +514,25 @@ def _is_worker_loss(exc: BaseException | None) -> bool:
 _RL_SETTINGS = ("tau", "eta", "solver", "tol", "maxiter", "task_workers")
 
 
+def _check_keywords(settings: dict, allowed: Any, base: str, owner: str) -> dict:
+    """The keywords of ``base`` (MetaRL or MetaSL) that a distributed class passes on."""
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; {base}'s are {list(allowed)}.")
+    return dict(settings)
+
+
+def _describe_factory(client: Any, describe: Any, factory: Any, specs: list, owner: str) -> tuple[list, list]:
+    """Run ``describe(factory, spec)`` on the workers for every spec: ((spec, position) of
+    each task in order, each task's description); an error when no task was built."""
+    described = client.gather(client.map(describe, [factory] * len(specs), specs, pure=False))
+    spec_of = [(s, j) for s, metas in enumerate(described) for j in range(len(metas))]
+    metas = [m for metas in described for m in metas]
+    if not metas:
+        raise ValueError(f"The 'factory' of {owner} built no task from the {len(specs)} specs.")
+    return spec_of, metas
+
+
 def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any) -> Any:
     """Submit ``build(data, factory, picks, *rest)`` for one shard, pinned to ``worker``.
 
@@ -605,11 +624,7 @@ class DaskMetaRL(EnergyObjective):
         self.tasks = None
         self._factory, self._specs = factory, specs
         _Cluster(client, owner).workers()  # a clear error before any work when the cluster is empty
-        described = client.gather(client.map(_describe_rl, [factory] * len(specs), specs, pure=False))
-        self._spec_of = [(s, j) for s, metas in enumerate(described) for j in range(len(metas))]
-        metas = [m for metas in described for m in metas]
-        if not metas:
-            raise ValueError(f"The 'factory' of {owner} built no task from the {len(specs)} specs.")
+        self._spec_of, metas = _describe_factory(client, _describe_rl, factory, specs, owner)
         shapes = {m[4] for m in metas}
         if len(shapes) != 1:
             raise ValueError(f"The 'factory' of {owner} must build tasks with one (S, A). Got {sorted(shapes)}.")
@@ -618,10 +633,7 @@ class DaskMetaRL(EnergyObjective):
 
     @staticmethod
     def _check_settings(settings: dict, owner: str) -> dict:
-        unknown = sorted(set(settings) - set(_RL_SETTINGS))
-        if unknown:
-            raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; MetaRL's are {list(_RL_SETTINGS)}.")
-        return dict(settings)
+        return _check_keywords(settings, _RL_SETTINGS, "MetaRL", owner)
 
     def _setup(self, client: Any, model: Any, metas: list[tuple], owner: str) -> None:
         self.model = model
@@ -793,11 +805,7 @@ class DaskMetaSL:
         self.local, self.tasks = None, None
         self._factory, self._specs = factory, specs
         _Cluster(client, owner).workers()  # a clear error before any work when the cluster is empty
-        described = client.gather(client.map(_describe_sl, [factory] * len(specs), specs, pure=False))
-        self._spec_of = [(s, j) for s, metas in enumerate(described) for j in range(len(metas))]
-        metas = [m for metas in described for m in metas]
-        if not metas:
-            raise ValueError(f"The 'factory' of {owner} built no task from the {len(specs)} specs.")
+        self._spec_of, metas = _describe_factory(client, _describe_sl, factory, specs, owner)
         dims = sorted({m[2] for m in metas})
         if len(dims) != 1:
             raise ValueError(f"The 'factory' of {owner} must build tasks of one input dimension. Got {dims}.")
@@ -808,10 +816,7 @@ class DaskMetaSL:
 
     @staticmethod
     def _check_settings(settings: dict, owner: str) -> dict:
-        unknown = sorted(set(settings) - set(_SL_SETTINGS))
-        if unknown:
-            raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; MetaSL's are {list(_SL_SETTINGS)}.")
-        return dict(settings)
+        return _check_keywords(settings, _SL_SETTINGS, "MetaSL", owner)
 
     def _setup(self, client: Any, proto: MetaSL, rows: list[tuple[int, int]], owner: str) -> None:
         self._proto = proto  # a MetaSL with this problem's model and settings (all tasks, or one)

@@ -14,16 +14,48 @@ from ._config import N_CHUNKS, jit, sized
 
 
 @jit(inline="always")
-def normalise_exp_row(out, s, m):
-    """out[s] <- exp(out[s] - m) / sum_a exp(out[s, a] - m): the softmax of the logits in
-    out[s], whose maximum is m, summed in action order (one form for every policy kernel)."""
+def scale_energy_row(f, s, inv_tau, out):
+    """out[s] = (f[s] - max f[s]) * inv_tau, an exact zero at the maximum (so an inf
+    ``inv_tau`` gives no 0 * inf): the energy part of the policy's logits."""
+    A = f.shape[1]
+    fmax = -np.inf
+    for a in range(A):
+        if f[s, a] > fmax:
+            fmax = f[s, a]
+    for a in range(A):
+        d = f[s, a] - fmax
+        out[s, a] = 0.0 if d == 0.0 else d * inv_tau
+
+
+@jit(inline="always")
+def adapt_and_normalise_row(out, s, Q, eta):
+    """out[s] <- softmax(out[s] + eta (Q[s] - max Q[s])), out[s] holding the energy part.
+
+    The Q part is shifted by its maximum (an exact zero there) and the softmax by the
+    largest logit, summed in action order: one form for every policy kernel.
+    """
+    A = out.shape[1]
+    qmax = -np.inf
+    for a in range(A):
+        if Q[s, a] > qmax:
+            qmax = Q[s, a]
+    m = -np.inf
+    for a in range(A):
+        z = out[s, a]
+        if eta != 0.0:
+            dq = Q[s, a] - qmax
+            if dq != 0.0:
+                z += eta * dq
+        out[s, a] = z
+        if z > m:
+            m = z
     total = 0.0
-    for a in range(out.shape[1]):
+    for a in range(A):
         e = np.exp(out[s, a] - m)
         out[s, a] = e
         total += e
     inv = 1.0 / total
-    for a in range(out.shape[1]):
+    for a in range(A):
         out[s, a] *= inv
 
 
@@ -35,27 +67,9 @@ def softmax_policy(f, inv_tau, Q, eta, out):
     f / tau beyond the float range (theta = 1e300, tau = 1e-10) gives the limiting
     policy (the argmax) instead of inf - inf = NaN; an inf ``inv_tau`` is allowed.
     """
-    S, A = f.shape
-    for s in prange(S):
-        fmax = -np.inf
-        qmax = -np.inf
-        for a in range(A):
-            if f[s, a] > fmax:
-                fmax = f[s, a]
-            if Q[s, a] > qmax:
-                qmax = Q[s, a]
-        m = -np.inf
-        for a in range(A):
-            d = f[s, a] - fmax
-            z = 0.0 if d == 0.0 else d * inv_tau
-            if eta != 0.0:
-                dq = Q[s, a] - qmax
-                if dq != 0.0:
-                    z += eta * dq
-            out[s, a] = z
-            if z > m:
-                m = z
-        normalise_exp_row(out, s, m)
+    for s in prange(f.shape[0]):
+        scale_energy_row(f, s, inv_tau, out)
+        adapt_and_normalise_row(out, s, Q, eta)
 
 
 @sized

@@ -198,15 +198,8 @@ def scaled_energy(f, inv_tau, z0):
     inf ``inv_tau`` gives no 0 * inf); computed once per call and shared by the
     adapted policies of all tasks instead of once per task.
     """
-    S, A = f.shape
-    for s in range(S):
-        fmax = -np.inf
-        for a in range(A):
-            if f[s, a] > fmax:
-                fmax = f[s, a]
-        for a in range(A):
-            d = f[s, a] - fmax
-            z0[s, a] = 0.0 if d == 0.0 else d * inv_tau
+    for s in range(f.shape[0]):
+        _rl.scale_energy_row(f, s, inv_tau, z0)
 
 
 @jit(inline="always")
@@ -215,23 +208,9 @@ def adapted_policy(z0, Q, eta, out):
 
     Bit for bit the per-task path's arithmetic, with the energy part read from z0.
     """
-    S, A = Q.shape
-    for s in range(S):
-        qmax = -np.inf
-        for a in range(A):
-            if Q[s, a] > qmax:
-                qmax = Q[s, a]
-        m = -np.inf
-        for a in range(A):
-            z = z0[s, a]
-            if eta != 0.0:
-                dq = Q[s, a] - qmax
-                if dq != 0.0:
-                    z += eta * dq
-            out[s, a] = z
-            if z > m:
-                m = z
-        _rl.normalise_exp_row(out, s, m)
+    for s in range(Q.shape[0]):
+        out[s] = z0[s]
+        _rl.adapt_and_normalise_row(out, s, Q, eta)
 
 
 @jit(inline="always")
