@@ -46,6 +46,8 @@ import scipy.sparse.linalg as spla
 import fastmeta
 from fastmeta import linalg
 
+from benchmarks.solver_study import record_solves
+
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-10
 VI_MAXITER = 3_000
@@ -97,22 +99,7 @@ def capture(family: str, S: int, gamma: float):
     meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0,
                            solver="auto")
     theta = 0.5 * np.random.default_rng(0).standard_normal(phi.shape[2])
-    log, orig = [], linalg.factorize
-
-    def spy(M, *a, **k):
-        f = orig(M, *a, **k)
-        idx = sum(1 for e in log if e[0] == "M")
-        log.append(("M", M.copy()))
-        s, st = f.solve, f.solve_transposed
-        f.solve = lambda b, x0=None: (log.append(("N", idx, np.array(b), None if x0 is None else np.array(x0))), s(b, x0))[1]
-        f.solve_transposed = lambda b, x0=None: (log.append(("T", idx, np.array(b), None)), st(b, x0))[1]
-        return f
-
-    linalg.factorize = spy
-    try:
-        meta.value_and_grad(theta)
-    finally:
-        linalg.factorize = orig
+    log = record_solves(meta, theta)
     Ms = [e[1] for e in log if e[0] == "M"]
     R = next(e[2] for e in log if e[0] == "N" and e[1] == 0)
     fwd1 = next(e for e in log if e[0] == "N" and e[1] == 1 if len(Ms) > 1)

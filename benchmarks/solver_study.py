@@ -160,17 +160,9 @@ def rl2_section(S=100_000, tols=(1e-8, 1e-10)):
                       f"{max(r['rel'], r['relT']):.1e} |", flush=True)
 
 
-def capture_workload(N, n_tasks=4, seed=0):
-    """Matrices and right-hand sides of one meta-gradient of the benchmark problem.
-
-    gridworld_goals(4, N), theta = 0.5 N(0, 1)^32, tau = eta = 1: 5 matrices (the
-    main effect's M and the 4 adapted M_i), M gets 4 + 4 solves (as two (n, 4)
-    blocks), each M_i one forward solve (warm start) and one transposed solve.
-    """
-    import fastmeta
-    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks, N, seed=seed)
-    m = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver="krylov")
-    th = 0.5 * np.random.default_rng(0).standard_normal(32)
+def record_solves(meta, theta):
+    """Run ``meta.value_and_grad(theta)`` and record its linear algebra, in order:
+    ("M", matrix) per factorisation, ("N" | "T", factorisation index, b, x0) per solve."""
     log = []
     orig = linalg.factorize
 
@@ -185,9 +177,24 @@ def capture_workload(N, n_tasks=4, seed=0):
 
     linalg.factorize = fz
     try:
-        m.value_and_grad(th)
+        meta.value_and_grad(theta)
     finally:
         linalg.factorize = orig
+    return log
+
+
+def capture_workload(N, n_tasks=4, seed=0):
+    """Matrices and right-hand sides of one meta-gradient of the benchmark problem.
+
+    gridworld_goals(4, N), theta = 0.5 N(0, 1)^32, tau = eta = 1: 5 matrices (the
+    main effect's M and the 4 adapted M_i), M gets 4 + 4 solves (as two (n, 4)
+    blocks), each M_i one forward solve (warm start) and one transposed solve.
+    """
+    import fastmeta
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks, N, seed=seed)
+    m = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), tau=1.0, eta=1.0, solver="krylov")
+    th = 0.5 * np.random.default_rng(0).standard_normal(32)
+    log = record_solves(m, th)
     Ms = [e[1] for e in log if e[0] == "M"]
     R = np.column_stack([e[2] for e in log if e[0] == "N" and e[1] == 0])
     MU = np.column_stack([e[2] for e in log if e[0] == "T" and e[1] == 0])
