@@ -17,6 +17,19 @@ import numpy as np
 
 _MTYPE_REAL_UNSYMMETRIC = 11
 _PHASE_ANALYSE, _PHASE_FACTOR, _PHASE_SOLVE, _PHASE_RELEASE = 11, 22, 33, -1
+#: PARDISO settings of every new handle (index: value; the others are 0).
+IPARM = {
+    0: 1,    # use the values below
+    1: 2,    # METIS nested dissection
+    9: 13,   # pivot perturbation 1e-13 (never hit: M is an M-matrix)
+    # Two-level parallel factorisation: with the classic one (0) repeated factorisations
+    # and solves of one matrix differed in the last bits from run to run, and its
+    # multi-column solves took 10x one column; two-level gives the same bits every
+    # time (for a fixed number of MKL threads) and a 10^5-state meta-gradient in
+    # 0.70-0.76 of the time (benchmarks/solver_pardiso_settings.py, solver study round 5).
+    23: 1,
+    34: 1,   # zero-based indexing
+}
 
 
 def available() -> bool:
@@ -44,7 +57,7 @@ class PardisoHandle:
 
     ``M`` is diagonally dominant, so scaling and weighted matching are off
     (``iparm[10] = iparm[12] = 0``): the analysis then depends on the pattern
-    only and is reused across values.  Zero-based indexing (``iparm[34] = 1``)
+    only and is reused across values. Settings: :data:`IPARM`.  Zero-based indexing (``iparm[34] = 1``)
     avoids copying the pattern at every call.
     """
 
@@ -55,10 +68,8 @@ class PardisoHandle:
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.pt = np.zeros(64, dtype=np.int64)
         self.iparm = np.zeros(64, dtype=np.int32)
-        self.iparm[0] = 1    # use the values below
-        self.iparm[1] = 2    # METIS nested dissection
-        self.iparm[9] = 13   # pivot perturbation 1e-13 (never hit: M is an M-matrix)
-        self.iparm[34] = 1   # zero-based indexing
+        for key, value in IPARM.items():
+            self.iparm[key] = value
         self._data = None
         self._lock = threading.Lock()
         self._call(_PHASE_ANALYSE, np.zeros(self.indices.shape[0]), None)

@@ -526,3 +526,21 @@ def test_column_kernels_take_one_to_four_columns():
     X = np.zeros((3, 5))
     with pytest.raises(ValueError, match="1 to 4 columns, got 5"):
         kk.csr_matvec(np.zeros(4, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0), X, X)
+
+
+def test_pardiso_gives_the_same_bits_every_time():
+    """Repeated factorisations and solves of one matrix: identical results (two-level
+    factorisation; the classic one differed in the last bits from run to run)."""
+    pytest.importorskip("pypardiso")  # optional extra fastmeta[pardiso]
+    M = grid_M(200, drift=True)  # 40 000 states: PARDISO's parallel code paths run
+    plan = analyse(M)
+    B = np.random.default_rng(16).normal(size=(M.shape[0], 4))
+    first = None
+    for _ in range(4):
+        f = factorize(M, "pardiso", plan=plan)
+        out = (f.solve(B[:, 0]), f.solve_transposed(B[:, 1]), f.solve(B), f.solve_transposed(B))
+        if first is None:
+            first = out
+            np.testing.assert_allclose(M.T @ out[3], B, atol=1e-10)
+        assert all(np.array_equal(u, v) for u, v in zip(out, first))
+        del f
