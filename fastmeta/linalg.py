@@ -853,8 +853,12 @@ class KrylovSolver:
                                       max_levels=self._hier_levels)
         return self._hier_t
 
-    def solve(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
+    def solve(self, b: np.ndarray, x0=None) -> np.ndarray:
         """Solve ``M x = b``; ``b`` (and the optional warm start ``x0``) ``(n,)`` or ``(n, k)``.
+
+        ``x0`` may also be a list of candidate starts of that shape: per column, the
+        one with the smallest residual ``||b - M x0||`` is used (zero included, so a
+        start worse than none is dropped); the later candidate wins a tie.
 
         Raises
         ------
@@ -865,8 +869,9 @@ class KrylovSolver:
         self.iterations, self.residual = its, rel
         return x
 
-    def solve_transposed(self, b: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
-        """Solve ``M^T x = b``; ``b`` (and the optional warm start ``x0``) ``(n,)`` or ``(n, k)``.
+    def solve_transposed(self, b: np.ndarray, x0=None) -> np.ndarray:
+        """Solve ``M^T x = b``; ``b`` (and the optional warm start ``x0``, or a list of
+        candidates as in :meth:`solve`) ``(n,)`` or ``(n, k)``.
 
         Raises
         ------
@@ -882,19 +887,18 @@ class KrylovSolver:
         b = _check_rhs(b, n)
         vec = b.ndim == 1
         B = b.reshape(n, 1) if vec else b
-        if x0 is not None:
-            x0 = _check_rhs(x0, n, "x0")
-            X0 = x0.reshape(n, 1) if x0.ndim == 1 else x0
-            if X0.shape != B.shape:
-                raise ValueError(f"x0 must have the shape of b {b.shape}, got {x0.shape}")
-        else:
-            X0 = None
+        starts = [] if x0 is None else list(x0) if isinstance(x0, (list, tuple)) else [x0]
+        X0 = []
+        for start in starts:
+            start = _check_rhs(start, n, "x0")
+            if start.shape != b.shape:
+                raise ValueError(f"x0 must have the shape of b {b.shape}, got {start.shape}")
+            X0.append(start.reshape(n, 1) if vec else start)
         X = np.empty(B.shape)
         its, rel = 0, 0.0
         for c in range(0, B.shape[1], KRYLOV_BLOCK):
             sl = slice(c, min(B.shape[1], c + KRYLOV_BLOCK))
-            X[:, sl], it, r = self._gmres(np.ascontiguousarray(B[:, sl]),
-                                          None if X0 is None else X0[:, sl], trans, vec)
+            X[:, sl], it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec)
             its, rel = max(its, it), max(rel, r)
         return (X[:, 0] if vec else X), its, rel
 
@@ -949,18 +953,25 @@ class KrylovSolver:
         if not np.all(np.isfinite(bnorm)):
             raise ValueError("b contains non-finite values")
         zero = bnorm == 0.0
-        X = np.zeros((n, k)) if X0 is None else np.array(X0, dtype=np.float64, order="C")
-        X[:, zero] = 0.0
-        self._residual(ops, X, B, R)
-        dots(V, 0, R, part, h)
-        beta = np.sqrt(h[0])
-        if X0 is not None:
-            # A warm start worse than zero (residual above ||b||) is dropped, column by column.
-            worse = ~(beta <= bnorm)
-            if worse.any():
-                X[:, worse] = 0.0
-                R[:, worse] = B[:, worse]
-                beta = np.where(worse, bnorm, beta)
+        # the start: per column the candidate with the smallest residual, zero included
+        X = np.zeros((n, k))
+        R[:] = B
+        beta = bnorm.copy()
+        Rc = np.empty((n, k)) if X0 else None
+        for start in X0:
+            Xc = np.array(start, dtype=np.float64, order="C")
+            Xc[:, zero] = 0.0
+            self._residual(ops, Xc, B, Rc)
+            dots(V, 0, Rc, part, h)
+            bc = np.sqrt(h[0])
+            better = bc <= beta  # (NaN: not better)
+            if better.all():
+                X, Xc = Xc, X
+                R, Rc = Rc, R
+            elif better.any():
+                X[:, better] = Xc[:, better]
+                R[:, better] = Rc[:, better]
+            beta = np.where(better, bc, beta)
         target = np.maximum(self.rtol * bnorm, self.atol)
         total = np.zeros(k, dtype=np.int64)
         live = np.zeros(k, dtype=np.bool_)

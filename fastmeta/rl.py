@@ -269,7 +269,8 @@ class MetaRL(EnergyObjective):
         system (same task and kernel, compared by content; the main effect's values and
         adjoint states, each task's adapted values and visitation), kept between calls.
         Along a fit (Algorithm 1) the policies move little per step, so the solves need
-        fewer iterations. Every solve still stops at the same residual tolerance, so
+        fewer iterations (where a start from within the call exists too, the solver
+        takes the one with the smaller residual). Every solve still stops at the same residual tolerance, so
         results agree with a cold start to the solver's tolerance, but their last bits
         then depend on the calls made before (not on the thread count). Only the
         ``"krylov"`` method uses it (the direct methods ignore a starting point); it
@@ -711,7 +712,9 @@ class MetaRL(EnergyObjective):
             fac_i = self._factorize(pattern, P, pi_i, gamma)
             _k.policy_average(pi_i, task.r, r_pi)
             self._tick("kernels")
-            start = U[:, j] if warm is None else warm.get(("V_i", keys[j]), U[:, j])
+            start = [U[:, j]]
+            if warm is not None and ("V_i", keys[j]) in warm:
+                start.append(warm[("V_i", keys[j])])  # the solver starts from the better one
             V_i = fac_i.solve(r_pi, x0=start)
             if warm is not None:
                 warm[("V_i", keys[j])] = V_i.copy()
@@ -731,9 +734,10 @@ class MetaRL(EnergyObjective):
             self._tick("kernels")
             # The adapted policies of one group are each one PPO step from the same pi, so
             # the previous task's visitation is a good start for this one's.
-            if warm is not None:
-                nu_prev = warm.get(("nu_i", keys[j]), nu_prev)
-            nu_i = fac_i.solve_transposed(task.init, x0=nu_prev)
+            start = [] if nu_prev is None else [nu_prev]
+            if warm is not None and ("nu_i", keys[j]) in warm:
+                start.append(warm[("nu_i", keys[j])])  # the solver starts from the better one
+            nu_i = fac_i.solve_transposed(task.init, x0=start)
             nu_prev = nu_i.copy()
             if warm is not None:
                 warm[("nu_i", keys[j])] = nu_prev

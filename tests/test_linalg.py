@@ -329,6 +329,36 @@ def test_a_bad_warm_start_is_dropped():
     assert fac.iterations <= 1
 
 
+@pytest.mark.parametrize("trans", [False, True])
+def test_the_best_of_several_starts_is_taken_column_by_column(trans):
+    M = grid_M(40, drift=True)
+    n = M.shape[0]
+    rng = np.random.default_rng(17)
+    B = rng.normal(size=(n, 3))
+    fac = factorize(M, "krylov", rtol=1e-11)
+    solve = fac.solve_transposed if trans else fac.solve
+    its = lambda: fac.iterations_transposed if trans else fac.iterations  # noqa: E731
+    X = solve(B)
+    near = X * (1 + 1e-6 * rng.standard_normal(X.shape))  # a good start for every column
+    far = 1e3 * rng.standard_normal(X.shape)              # worse than none
+    solve(B, x0=near)
+    its_near = its()
+    # a good start for column 0 only, in the second candidate: each column takes its best
+    mixed = far.copy()
+    mixed[:, 0] = near[:, 0]
+    X1 = solve(B, x0=[far, mixed])
+    np.testing.assert_allclose(X1, X, rtol=1e-8, atol=1e-8 * np.abs(X).max())
+    for order in ([far, near], [near, far], [far, far, near]):
+        X2 = solve(B, x0=order)
+        assert its() == its_near
+        np.testing.assert_array_equal(X2, solve(B, x0=near))
+    # one column: candidates of shape (n,)
+    x = solve(B[:, 1], x0=[far[:, 1], near[:, 1]])
+    np.testing.assert_array_equal(x, solve(B[:, 1], x0=near[:, 1]))
+    with pytest.raises(ValueError, match=r"x0 must have the shape of b \(1600, 3\), got \(1600, 2\)"):
+        solve(B, x0=[near, near[:, :2]])
+
+
 # --------------------------------------------------------------------------
 # SciPy-aligned solver API: rtol/atol, callback, LinearOperator, iterations
 # --------------------------------------------------------------------------
