@@ -4,15 +4,16 @@
     flock /tmp/fastmeta-bench.lock env PYTHONPATH=. python benchmarks/solver_warm_fit.py --side 1000 --steps 3 --lr 1 1e6 --publish
 
 The benchmark problem (gridworld goals, n = 4, d = 32 RBF features computed on the fly,
-gamma 0.99, tau = eta = 1, ``solver="krylov"``), from theta_0 = 0.5 N(0, I) (seed 0),
-with ``MetaRL.fit``'s default step size (lr = 1; here grad L is about 1e-7, so theta hardly
+gamma 0.99, tau = eta = 1, ``solver="krylov"``), from theta_0 = 0.5 N(0, I) (seed 0), with
+``MetaRL.fit``'s default step size (lr = 1; here grad L is about 1e-7, so theta hardly
 moves: the best case for warm starts) and larger ones (lr = 1e6 moves theta by about 4% of
-its norm per step). For each lr, two fresh MetaRL objects, cold and warm, take the same steps: at every step both compute ``value_and_grad`` at the cold run's theta
-(so they solve the same systems), timed one after the other (the order alternates
-between steps), with the GMRES iterations of all solves counted. Step 0 of the warm object
-is a cold start (it has no stored solution yet). Reports seconds and iterations per step,
-the relative difference of the warm gradient from the cold one, the load average, and
-writes ``solver_warm_fit.{json,md}``.
+its norm per step). For each lr, two fresh MetaRL objects, cold and warm, take the same
+steps: at every step both compute ``value_and_grad`` at the cold run's theta (so they solve
+the same systems), timed one after the other (the order alternates between steps), with the
+GMRES iterations of all solves counted. Step 0 of the warm object is a cold start (it has no
+stored solution yet). Reports seconds and iterations per step, the relative difference of
+the warm gradient from the cold one, the load average, and writes
+``solver_warm_fit.{json,md}``.
 """
 from __future__ import annotations
 

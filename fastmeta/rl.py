@@ -270,9 +270,10 @@ class MetaRL(EnergyObjective):
         adjoint states, each task's adapted values and visitation), kept between calls.
         Along a fit (Algorithm 1) the policies move little per step, so the solves need
         fewer iterations (where a start from within the call exists too, the solver
-        takes the one with the smaller residual). Every solve still stops at the same residual tolerance, so
-        results agree with a cold start to the solver's tolerance, but their last bits
-        then depend on the calls made before (not on the thread count). Only the
+        takes the one with the smaller residual). Every solve still stops at the same
+        residual tolerance, so results agree with a cold start to the solver's
+        tolerance, but their last bits then depend on the calls made before (not on
+        the thread count). Only the
         ``"krylov"`` method uses it (the direct methods ignore a starting point); it
         keeps four vectors of length S per task. Off by default: cold results are the
         same bits whatever ran before.
