@@ -101,3 +101,14 @@ def test_fit_with_warm_start_agrees_with_cold_and_resumes(tmp_path):
     # a cold run's checkpoint is another setting
     with pytest.raises(ValueError, match="warm start"):
         MetaRL(tasks, LinearEnergy(phi), solver="krylov").fit(theta, checkpoint=ckpt, resume=True, **settings)
+
+
+def test_without_warm_start_a_call_does_not_depend_on_the_calls_before():
+    tasks, phi, theta = _grid(size=20, n_tasks=2)
+    meta = MetaRL(tasks, LinearEnergy(phi), solver="krylov")
+    first = meta.value_and_grad(theta)
+    meta.value_and_grad(1.3 * theta)
+    again = meta.value_and_grad(theta)
+    assert again[0] == first[0]
+    np.testing.assert_array_equal(again[1], first[1])
+    assert meta._solutions == {}
