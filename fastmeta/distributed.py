@@ -123,6 +123,50 @@ def _build_rl(tasks: bytes | None, factory: Callable | None, picks: list | None,
     return _ShardMetaRL(tasks, _unpack(model), layout, **settings)
 
 
+WORKER_MALLOC: tuple[int, int] | None = (32 * 2**20, 64 * 2**20)
+"""glibc malloc's (mmap threshold, trim threshold) in bytes, set in every worker process that builds
+a shard (read on the client when a shard is built); None leaves the workers' malloc as it is.
+
+Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that freed memory goes back
+to the operating system at once). Setting any threshold also freezes glibc's mmap threshold at
+its start value, 128 KiB, instead of letting it grow to 32 MiB as it does in a plain process: every
+larger allocation (an S x A array at S = 10^4, SuperLU's factors) is then a fresh mmap whose pages
+fault in on first use and go back on free. At 10^4 states this cost the workers 15-30% more CPU
+per task than the same work in a plain process (docs/scaling.md). These values are the ceilings
+glibc's own adaptive policy reaches; a worker keeps up to 64 MiB of freed memory for reuse.
+"""
+
+_malloc_set = False
+
+
+def _set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc malloc's mmap and trim thresholds in this process; False where malloc is not glibc's."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, int(trim_threshold)))
+
+
+def _build_on_worker(build: Callable, malloc: tuple[int, int] | None, *args: Any) -> Any:
+    """``build(*args)`` after setting :data:`WORKER_MALLOC` once in this worker process.
+
+    Only in a process started for the worker (by a nanny): a worker inside the client's
+    process (``LocalCluster(processes=False)``) or in its own main process keeps its malloc.
+    """
+    global _malloc_set
+    if malloc is not None and not _malloc_set:
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            _set_malloc_thresholds(*malloc)
+        _malloc_set = True
+    return build(*args)
+
+
 def _use_worker_threads() -> None:
     """Numba threads of this call = the Dask worker's threads (its share of the cores).
 
@@ -576,7 +620,7 @@ def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any
     common = dict(workers=[worker], allow_other_workers=False, pure=False)
     if owner.tasks is not None:
         [data] = client.scatter([_pack([owner.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
-        return client.submit(build, data, None, None, *rest, **common)
+        return client.submit(_build_on_worker, build, WORKER_MALLOC, data, None, None, *rest, **common)
     picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec))
     for i in shard.tasks:
         s, j = owner._spec_of[i]
@@ -585,7 +629,7 @@ def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any
         else:
             picks.append((s, [j]))
     specs = [(owner._specs[s], positions) for s, positions in picks]
-    return client.submit(build, None, owner._factory, specs, *rest, **common)
+    return client.submit(_build_on_worker, build, WORKER_MALLOC, None, owner._factory, specs, *rest, **common)
 
 
 class DaskMetaRL(EnergyObjective):

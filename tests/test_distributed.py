@@ -337,6 +337,31 @@ def test_task_factory_builds_on_workers(client):
         _let_the_nanny_restart(client)
 
 
+def _page_faults_of_reused_arrays():
+    """Minor page faults of 50 allocations of a 320 KB array, each freed before the next."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        np.ones(40_000).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_workers_reuse_freed_memory(client):
+    # Dask's MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold at 128 KiB: every such array
+    # would be a fresh mmap (about 80 page faults each). A shard's worker raises the thresholds.
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the thresholds are glibc malloc's")
+    (tasks, phi), settings = RL_CASES["mixed-sparse"]()
+    meta = DaskMetaRL(client, tasks, fastmeta.LinearEnergy(phi), **settings)
+    workers = sorted(meta.placement)
+    assert len(workers) == 2
+    faults = client.run(_page_faults_of_reused_arrays, workers=workers)
+    assert all(count < 500 for count in faults.values()), faults
+
+
 def test_no_worker_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(fastmeta.distributed, "RESTART_GRACE_SECONDS", 0.5)
     cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
