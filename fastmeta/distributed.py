@@ -21,6 +21,12 @@ Design
   unit order with the additions of ``MetaRL._combine``, and one array comes back.
   Meta-SL: every shard returns its tasks' loss and gradient rows, which the client
   reduces as the model's kernel does.
+* Theory measures (:func:`fastmeta.theory.meta_visitation`, :func:`fastmeta.theory.rl_gap`):
+  every shard computes its units' partial sums (:mod:`fastmeta.theory.rl_units`), passed
+  along the shards in unit order like the gradient's; each shard keeps its tasks' measures
+  for the second pass (C0 needs varrho) and sends them back only when asked.
+* Workers started by a nanny get glibc malloc's adaptive thresholds back
+  (:data:`WORKER_MALLOC`): Dask's settings made every large array a fresh mmap.
 * Faults: the client keeps the recipe of every shard (its tasks, or the factory and
   specs that build them). A shard whose worker has left, or whose call failed
   because a worker died, is rebuilt on a live worker and its call re-sent; the call
