@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--publish", action="store_true", help="write bench_results/distributed.md")
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--size", type=int, default=100, help="grid side (S = size^2)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fastmath", action="store_true",
                         help="instead: the cost of compiling the kernels without reassoc/contract")
     parser.add_argument("--fastmath-child", help=argparse.SUPPRESS)
