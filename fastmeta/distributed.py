@@ -137,9 +137,10 @@ Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that freed
 to the operating system at once). Setting any threshold also freezes glibc's mmap threshold at
 its start value, 128 KiB, instead of letting it grow to 32 MiB as it does in a plain process: every
 larger allocation (an S x A array at S = 10^4, SuperLU's factors) is then a fresh mmap whose pages
-fault in on first use and go back on free. At 10^4 states this cost the workers 15-30% more CPU
-per task than the same work in a plain process (docs/scaling.md). These values are the ceilings
-glibc's own adaptive policy reaches; a worker keeps up to 64 MiB of freed memory for reuse.
+fault in on first use and go back on free. On 32 tasks of 10^4 states that was 173,000 page
+faults and 0.4 s of system time against none with these thresholds, and 20-25% more CPU
+(docs/scaling.md). These values are the ceilings glibc's own adaptive policy reaches; a worker
+keeps up to 64 MiB of freed memory for reuse.
 """
 
 _malloc_set = False
