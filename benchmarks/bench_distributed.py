@@ -8,9 +8,13 @@ Two measurements, each a median over repeats with the two sides alternating:
 
 * speed-up per gradient: n = 64 gridworld tasks of 100 x 100 = 10^4 states, every
   task with its own kernel (built separately, slip 0.05 + 0.002 i, so no two share);
-  one process (all Numba threads) against a LocalCluster of 2 worker processes with
-  one thread each (NUMBA_NUM_THREADS=1 on the workers);
-* overhead per call where distribution cannot pay: n = 8 tasks of 10 x 10 = 100 states.
+  one process (all Numba threads, and one thread) against a LocalCluster of 2 worker
+  processes with one thread each; then again with the client's malloc set as the
+  workers' (``fastmeta.distributed.WORKER_MALLOC``), to separate what distribution gains
+  from what the malloc settings gain;
+* overhead per call where distribution cannot pay: n = 8 tasks of 10 x 10 = 100 states;
+* a timeline of one distributed call: when each shard started and finished its units,
+  with its CPU time and page faults, and when the sum reached the client.
 
 Every distributed result is checked equal, bit for bit, to the one-process one.
 """
@@ -51,15 +55,47 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 
 
 def _timed_partials(shard, f, want_grad):
-    """A shard's partials on its worker, with that worker's wall and CPU seconds."""
+    """A shard's partials, computed as a call computes them; the timing stays on the shard for :func:`_timing`."""
+    import resource
+
     from fastmeta.distributed import _rl_partials
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    _rl_partials(shard, f, want_grad)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    start, before = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+    out = _rl_partials(shard, f, want_grad)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    shard._bench_timing = {"start": start, "end": time.time(), "user": after.ru_utime - before.ru_utime,
+                           "sys": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt}
+    return out
 
 
-def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
+def _timing(shard):
+    return shard._bench_timing
+
+
+def timeline(dist, f) -> dict:
+    """One call through the same chain as ``value_and_grad``, its shards timed on their workers."""
+    from fastmeta.rl import add_partials
+
+    sent = time.time()
+    dist._cluster.chain(_timed_partials, add_partials, f, True)
+    received = time.time()
+    shards = [{k: (v - sent if k in ("start", "end") else v) for k, v in t.items()}
+              for t in dist._cluster.map(_timing)]
+    return {"shards": shards, "received": received - sent}
+
+
+def one_process_cpu(meta, theta) -> dict:
+    """CPU (user, sys) and page faults of one one-process gradient."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    meta.value_and_grad(theta)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
+            "faults": after.ru_minflt - before.ru_minflt}
+
+
+def compare(client, n: int, size: int, repeats: int, rounds: int, tuned_malloc: bool = False) -> dict:
     import fastmeta
     import numba
 
@@ -85,27 +121,41 @@ def compare(client, n: int, size: int, repeats: int, rounds: int) -> dict:
     ref = one.value_and_grad(theta)  # also warms every side
     for got in (dist.value_and_grad(theta), one_core()):
         assert got[0] == ref[0] and np.array_equal(got[1], ref[1]), "distributed != one process"
-    t_one, t_dist, t_core = [], [], []
-    for _ in range(rounds):  # alternate, so a change of load hits every side
-        t_one += timed(lambda: one.value_and_grad(theta), repeats)[0]
-        t_dist += timed(lambda: dist.value_and_grad(theta), repeats)[0]
-        t_core += timed(one_core, repeats)[0]
-    cpu0 = time.process_time()
-    one.value_and_grad(theta)
-    one_cpu = time.process_time() - cpu0
-    shard_times = dist._cluster.map(_timed_partials, model.energy(theta), True)
+
+    def rounds_of_three() -> dict:
+        times = {"one": [], "dist": [], "core": []}
+        for _ in range(rounds):  # alternate, so a change of load hits every side
+            times["one"] += timed(lambda: one.value_and_grad(theta), repeats)[0]
+            times["dist"] += timed(lambda: dist.value_and_grad(theta), repeats)[0]
+            times["core"] += timed(one_core, repeats)[0]
+        return times
+
+    loads = [os.getloadavg()[0]]
+    plain = rounds_of_three()
+    loads.append(os.getloadavg()[0])
+    one_cpu = one_process_cpu(one, theta)
+    trace = timeline(dist, model.energy(theta))
+    out = {"plain": plain, "one_cpu": one_cpu, "timeline": trace}
+    if tuned_malloc:
+        # The same three, with this process's malloc set as the workers' (it cannot be unset: last).
+        from fastmeta.distributed import WORKER_MALLOC, _set_malloc_thresholds
+
+        if _set_malloc_thresholds(*WORKER_MALLOC):
+            out["tuned"] = rounds_of_three()
+            loads.append(os.getloadavg()[0])
+            out["one_cpu_tuned"] = one_process_cpu(one, theta)
     # The part of a call that no worker can share: f and the vector-Jacobian product on the client.
     client_side = statistics.median(timed(lambda: model.energy_vjp(theta, model.energy(theta)), 20)[0])
     round_trip = statistics.median(timed(lambda: client.submit(_noop, pure=False).result(), 20)[0])
     S, A = size * size, 4
     units = len(dist._unit_tasks)
     shards = len(dist._cluster.shards)
-    return {"n": n, "S": S, "one": statistics.median(t_one), "dist": statistics.median(t_dist),
-            "core": statistics.median(t_core),
-            "one_all": t_one, "dist_all": t_dist, "setup": setup, "units": units, "shards": shards,
-            "bytes_out": shards * S * A * 8, "bytes_back": S * A * 8, "bytes_between": (shards - 1) * S * A * 8,
-            "solvers": one.solver_methods, "one_cpu": one_cpu, "shard_times": shard_times, "memory": dist.memory_report(),
-            "client_side": client_side, "round_trip": round_trip}
+    med = {k: statistics.median(v) for k, v in plain.items()}
+    out.update({"n": n, "S": S, **med, "setup": setup, "units": units, "shards": shards, "loads": loads,
+                "bytes_out": shards * S * A * 8, "bytes_back": S * A * 8, "bytes_between": (shards - 1) * S * A * 8,
+                "solvers": one.solver_methods, "memory": dist.memory_report(),
+                "client_side": client_side, "round_trip": round_trip})
+    return out
 
 
 def _noop() -> None:
@@ -193,7 +243,7 @@ def main() -> None:
     parser.add_argument("--publish", action="store_true", help="write bench_results/distributed.md")
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--size", type=int, default=100, help="grid side (S = size^2)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fastmath", action="store_true",
                         help="instead: the cost of compiling the kernels without reassoc/contract")
     parser.add_argument("--fastmath-child", help=argparse.SUPPRESS)
@@ -210,6 +260,8 @@ def main() -> None:
         print(text)
         return
 
+    import json
+
     import numba
     from distributed import Client, LocalCluster
 
@@ -218,64 +270,106 @@ def main() -> None:
     cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0")
     client = Client(cluster)
     try:
-        big = compare(client, args.tasks, args.size, repeats=1, rounds=args.rounds)
         small = compare(client, 8, 10, repeats=20, rounds=3)
+        big = compare(client, args.tasks, args.size, repeats=1, rounds=args.rounds, tuned_malloc=True)
     finally:
         client.close()
         cluster.close()
     load_after = os.getloadavg()
+    threads = numba.get_num_threads()
+    out = Path("bench_results") if args.publish else Path(tempfile.gettempdir()) / "fastmeta-bench"
+    out.mkdir(parents=True, exist_ok=True)
+    text = report(big, small, threads, load_before[0], load_after[0])
+    (out / "distributed.md").write_text(text)
+    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "python": platform.python_version(), "numba_threads": threads,
+              "load_before": load_before[0], "load_after": load_after[0], "big": big, "small": small}
+    (out / "distributed.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(text)
+    print(f"written to {out / 'distributed.md'} and {out / 'distributed.json'}")
 
-    def row(r: dict) -> str:
-        return (f"| {r['n']} | {r['S']} | {', '.join(r['solvers'])} | {r['core'] * 1e3:.1f} | {r['one'] * 1e3:.1f} "
-                f"| {r['dist'] * 1e3:.1f} | {r['core'] / r['dist']:.2f}x | {r['one'] / r['dist']:.2f}x "
-                f"| {r['units']} / {r['shards']} "
-                f"| {r['bytes_out'] / 1e6:.3g} / {r['bytes_between'] / 1e6:.3g} / {r['bytes_back'] / 1e6:.3g} |")
 
+def report(big: dict, small: dict, threads: int, load_before: float, load_after: float) -> str:
+    """bench_results/distributed.md from the two comparisons."""
+    def row(r: dict, times: dict, label: str) -> str:
+        core, one, dist = (statistics.median(times[k]) for k in ("core", "one", "dist"))
+        return (f"| {r['n']} | {r['S']} | {label} | {core * 1e3:.1f} | {one * 1e3:.1f} | {dist * 1e3:.1f} "
+                f"| {core / dist:.2f}x | {one / dist:.2f}x | {one / (core / 2):.2f}x | {r['units']} / {r['shards']} |")
+
+    rows = [row(big, big["plain"], "as started")]
+    if "tuned" in big:
+        rows.append(row(big, big["tuned"], "client's malloc as the workers'"))
+    rows.append(row(small, small["plain"], "as started"))
+    trace = big["timeline"]
+    first_start = min(t["start"] for t in trace["shards"])
+    last_start = max(t["start"] for t in trace["shards"])
+    ends = [t["end"] for t in trace["shards"]]
+    shard_lines = "\n".join(
+        f"| {k} | {t['start'] * 1e3:.0f} | {t['end']:.3f} | {t['user']:.2f} | {t['sys']:.2f} | {t['faults']} |"
+        for k, t in enumerate(trace["shards"]))
+    cpu = big["one_cpu"]
+    tuned_cpu = big.get("one_cpu_tuned")
+    tuned_text = ("" if tuned_cpu is None else
+                  f" With the workers' malloc settings the same gradient took {tuned_cpu['user']:.2f} s user + "
+                  f"{tuned_cpu['sys']:.2f} s system, {tuned_cpu['faults']} page faults.")
     mem = "\n".join(f"| {w} | {e['n_tasks']} | {e['shard_bytes'] / 2**20:.1f} | {e['rss_bytes'] / 2**20:.0f} |"
-                    for w, e in sorted(big["memory"].items()))
-    text = f"""# DaskMetaRL: 2 workers against one process
+                     for w, e in sorted(big["memory"].items()))
+    S, A = big["S"], 4
+    return f"""# DaskMetaRL: 2 workers against one process
 
 Command: `PYTHONPATH=. python benchmarks/bench_distributed.py --publish`
-(benchmarks/bench_distributed.py). Every distributed gradient was checked equal, bit for bit,
-to the one-process gradient.
+(benchmarks/bench_distributed.py; the raw figures are in distributed.json). Every distributed
+gradient was checked equal, bit for bit, to the one-process gradient.
 
 Conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
-machine shared with other jobs: load average {load_before[0]:.1f} before, {load_after[0]:.1f} after
-(1-minute). One process: MetaRL with {numba.get_num_threads()} Numba threads (at S = 10^4 and A = 4 the
-tasks are below the kernels' parallel threshold, so MetaRL computes {numba.get_num_threads()} tasks at once on
-{numba.get_num_threads()} threads: it already uses both cores), and the same with 1 thread (`task_workers=1`,
-`numba.set_num_threads(1)`: what each worker does). Distributed: LocalCluster of
-2 worker processes, 1 thread each (DaskMetaRL sets each call's Numba threads to the worker's). Numba cache warm (one
-untimed call on each side first). Medians over {len(big['one_all'])} gradients (big problem) and
-{len(small['one_all'])} (small), the two sides alternating in rounds.
+machine shared with other jobs: load average (1-minute) {load_before:.1f} before, {load_after:.1f} after,
+{', '.join(f'{x:.1f}' for x in big['loads'])} around the big problem's rounds. One process: MetaRL with
+{threads} Numba threads (at S = 10^4 and A = 4 the tasks are below the kernels' parallel threshold, so
+MetaRL computes {threads} tasks at once on {threads} threads: it already uses both cores), and the same on
+1 thread (`task_workers=1`, `numba.set_num_threads(1)`: what each worker does). Distributed:
+LocalCluster of 2 worker processes, 1 thread each (DaskMetaRL sets each call's Numba threads to the
+worker's, and the workers' malloc thresholds to `WORKER_MALLOC`). Numba cache warm (one untimed
+call on each side first). Medians over {len(big['plain']['one'])} gradients (big problem) and
+{len(small['plain']['one'])} (small), the three sides alternating in rounds. The second row repeats
+the big problem after setting the client process's malloc thresholds as the workers' (glibc's
+adaptive ceilings, which Dask's `MALLOC_TRIM_THRESHOLD_` disables in its workers): the one-process
+columns then show what a plain process gains from the same setting.
 
-| n tasks | S | solver | one process, 1 core (ms) | one process, {numba.get_num_threads()} threads (ms) | 2 workers (ms) | speed-up vs 1 core | vs {numba.get_num_threads()} threads | units / shards | MB per call: out / between workers / back |
+| n tasks | S | client process | one process, 1 core (ms) | one process, {threads} threads (ms) | 2 workers (ms) | vs 1 core | vs {threads} threads | ceiling vs {threads} threads | units / shards |
 |---|---|---|---|---|---|---|---|---|---|
-{row(big)}
-{row(small)}
+{chr(10).join(rows)}
 
-Where the time goes (big problem, one more gradient each): one process ({numba.get_num_threads()} threads) used {big['one_cpu']:.2f} s of CPU;
-the workers' shards took {', '.join(f'{w:.2f} s wall / {c:.2f} s CPU' for w, c in big['shard_times'])}.
-A shard's CPU time well below its wall time means its worker waited for a core taken by
-other jobs; the split of the work itself is even. The speed-up the work split allows on
-two free cores is one-process CPU / largest shard CPU =
-{big['one_cpu'] / max(c for _, c in big['shard_times']):.2f}x.
+"Ceiling vs {threads} threads" is the best any 2 workers on these 2 cores can do against one process on
+{threads} threads: that process's time over the ideal, one core's time / 2.
 
-Against the ideal: one process on one core over 2 = {big['core'] / 2 * 1e3:.0f} ms; 2 workers took
-{big['dist'] * 1e3:.0f} ms, {(big['dist'] - big['core'] / 2) * 1e3:.0f} ms more. The largest shard's own work was
-{max(w for w, _ in big['shard_times']) * 1e3:.0f} ms wall, so the call spent
-{(big['dist'] - max(w for w, _ in big['shard_times'])) * 1e3:.0f} ms outside the shards' kernels (shipping f, the running
-sum and the result; a bare Dask round trip took {big['round_trip'] * 1e3:.1f} ms). The client's own part of a call
-(f = f_theta and the vector-Jacobian product, {big['client_side'] * 1e3:.1f} ms) cannot be shared: with it, Amdahl's
-bound on 2 cores is {big['core'] / (big['client_side'] + (big['core'] - big['client_side']) / 2):.2f}x against one core.
+Bytes per call (big problem): f out to each shard ({big['shards']} x {S * A * 8 / 1e6:.2f} MB), the running sum
+once between the workers ({big['bytes_between'] / 1e6:.2f} MB) and back to the client ({big['bytes_back'] / 1e6:.2f} MB).
 
-The second row is the overhead of a call where distribution cannot pay (n = 8, S = 100):
-{(small['dist'] - small['one']) * 1e3:.1f} ms per call more than one process (a Dask round trip:
-submit, schedule, run, gather; a bare round trip took {small['round_trip'] * 1e3:.1f} ms). Shard set-up (scatter the tasks, build the
-per-worker MetaRL): {big['setup']:.2f} s for the big problem, once.
+**Timeline of one distributed call** (big problem, seconds after the client submitted it; user and
+system CPU and minor page faults of each shard's units, on its worker):
 
-All timings (s), big problem, one process: {', '.join(f'{t:.2f}' for t in big['one_all'])};
-2 workers: {', '.join(f'{t:.2f}' for t in big['dist_all'])}.
+| shard | started (ms) | finished (s) | user CPU (s) | system CPU (s) | page faults |
+|---|---|---|---|---|---|
+{shard_lines}
+
+The sum reached the client {trace['received']:.3f} s after submission: {first_start * 1e3:.0f} to {last_start * 1e3:.0f} ms
+before the shards started (shipping f, scheduling), {(trace['received'] - max(ends)) * 1e3:.0f} ms after the last one finished
+(the last addition, the result back), and the shards finished {abs(ends[0] - ends[-1]) * 1e3:.0f} ms apart (imbalance).
+One process ({threads} threads) used {cpu['user']:.2f} s user + {cpu['sys']:.2f} s system CPU for the same gradient,
+{cpu['faults']} page faults.{tuned_text}
+
+The client's own part of a call (f = f_theta and the vector-Jacobian product, {big['client_side'] * 1e3:.1f} ms)
+cannot be shared: with it, Amdahl's bound on 2 cores is
+{big['core'] / (big['client_side'] + (big['core'] - big['client_side']) / 2):.2f}x against one core. A bare Dask round
+trip (submit, schedule, run, gather) took {big['round_trip'] * 1e3:.1f} ms.
+
+The last row is the overhead of a call where distribution cannot pay (n = 8, S = 100):
+{small['one'] * 1e3:.1f} ms for one process against {small['dist'] * 1e3:.1f} ms on the cluster (a bare round trip
+took {small['round_trip'] * 1e3:.1f} ms). Shard set-up (scatter the tasks, build the per-worker MetaRL):
+{big['setup']:.2f} s for the big problem, once.
+
+All timings (s), big problem, as started: one process {', '.join(f'{t:.2f}' for t in big['plain']['one'])};
+one core {', '.join(f'{t:.2f}' for t in big['plain']['core'])}; 2 workers {', '.join(f'{t:.2f}' for t in big['plain']['dist'])}.
 
 Memory per worker after the big problem (`DaskMetaRL.memory_report()`):
 
@@ -283,11 +377,6 @@ Memory per worker after the big problem (`DaskMetaRL.memory_report()`):
 |---|---|---|---|
 {mem}
 """
-    out = Path("bench_results") if args.publish else Path(tempfile.gettempdir()) / "fastmeta-bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.md").write_text(text)
-    print(text)
-    print(f"written to {out / 'distributed.md'}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ Design
   unit order with the additions of ``MetaRL._combine``, and one array comes back.
   Meta-SL: every shard returns its tasks' loss and gradient rows, which the client
   reduces as the model's kernel does.
+* Theory measures (:func:`fastmeta.theory.meta_visitation`, :func:`fastmeta.theory.rl_gap`):
+  every shard computes its units' partial sums (:mod:`fastmeta.theory.rl_units`), passed
+  along the shards in unit order like the gradient's; each shard keeps its tasks' measures
+  for the second pass (C0 needs varrho) and sends them back only when asked.
+* Workers started by a nanny get glibc malloc's adaptive thresholds back
+  (:data:`WORKER_MALLOC`): Dask's settings made every large array a fresh mmap.
 * Faults: the client keeps the recipe of every shard (its tasks, or the factory and
   specs that build them). A shard whose worker has left, or whose call failed
   because a worker died, is rebuilt on a live worker and its call re-sent; the call
@@ -32,6 +38,7 @@ Requires the ``dist`` extra: ``pip install "fastmeta[dist]"``.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import time
@@ -47,6 +54,7 @@ from ._validation import check_computed_finite, check_nonempty_list
 from .mdp import TabularMDP
 from .rl import BATCH_MAX_STATES, EnergyObjective, MetaRL, add_partials, mean_of_sums
 from .sl import MetaSL, SLTask, TaskBatch
+from .theory import rl_units
 
 __all__ = ["DaskMetaRL", "DaskMetaSL"]
 
@@ -72,6 +80,7 @@ class _ShardMetaRL(MetaRL):
 
     def __init__(self, tasks: list[TabularMDP], model: Any, layout: list[list[int]], **settings: Any):
         self._layout = layout
+        self._kept: tuple[int, rl_units.Kept] | None = None  # (call, per-task measures) between theory passes
         super().__init__(tasks, model, **settings)
 
     def _make_units(self) -> list[_Batch | list[int]]:
@@ -120,6 +129,51 @@ def _build_rl(tasks: bytes | None, factory: Callable | None, picks: list | None,
     return _ShardMetaRL(tasks, _unpack(model), layout, **settings)
 
 
+WORKER_MALLOC: tuple[int, int] | None = (32 * 2**20, 64 * 2**20)
+"""glibc malloc's (mmap threshold, trim threshold) in bytes, set in every worker process that builds
+a shard (read on the client when a shard is built); None leaves the workers' malloc as it is.
+
+Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that freed memory goes back
+to the operating system at once). Setting any threshold also freezes glibc's mmap threshold at
+its start value, 128 KiB, instead of letting it grow to 32 MiB as it does in a plain process: every
+larger allocation (an S x A array at S = 10^4, SuperLU's factors) is then a fresh mmap whose pages
+fault in on first use and go back on free. On 32 tasks of 10^4 states that was 173,000 page
+faults and 0.4 s of system time against none with these thresholds, and 20-25% more CPU
+(docs/scaling.md). These values are the ceilings glibc's own adaptive policy reaches; a worker
+keeps up to 64 MiB of freed memory for reuse.
+"""
+
+_malloc_set = False
+
+
+def _set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc malloc's mmap and trim thresholds in this process; False where malloc is not glibc's."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, int(trim_threshold)))
+
+
+def _build_on_worker(build: Callable, malloc: tuple[int, int] | None, *args: Any) -> Any:
+    """``build(*args)`` after setting :data:`WORKER_MALLOC` once in this worker process.
+
+    Only in a process started for the worker (by a nanny): a worker inside the client's
+    process (``LocalCluster(processes=False)``) or in its own main process keeps its malloc.
+    """
+    global _malloc_set
+    if malloc is not None and not _malloc_set:
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            _set_malloc_thresholds(*malloc)
+        _malloc_set = True
+    return build(*args)
+
+
 def _use_worker_threads() -> None:
     """Numba threads of this call = the Dask worker's threads (its share of the cores).
 
@@ -136,12 +190,41 @@ def _use_worker_threads() -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
+def _writable(f: np.ndarray) -> np.ndarray:
+    """A deserialised f may arrive read-only or unaligned (another Numba specialisation);
+    a writable C-order copy has the type model.energy gives the kernels in one process."""
+    return np.array(f, dtype=np.float64, order="C", copy=True)
+
+
 def _rl_partials(shard: _ShardMetaRL, f: np.ndarray, want_grad: bool) -> list[tuple[float, np.ndarray | None]]:
     _use_worker_threads()
-    # A deserialised f may arrive read-only or unaligned (another Numba specialisation);
-    # a writable C-order copy has the type model.energy gives the kernels in one process.
-    f = np.array(f, dtype=np.float64, order="C", copy=True)
-    return shard._partials(f, range(len(shard._units)), want_grad)
+    return shard._partials(_writable(f), range(len(shard._units)), want_grad)
+
+
+def _theory_partials(shard: _ShardMetaRL, call: int, kind: str, fs: tuple, keep: bool) -> list[rl_units.Sums]:
+    """The shard's per-unit sums of a theory pass; with ``keep`` its per-task measures stay here for the second."""
+    _use_worker_threads()
+    shard._kept = None  # a stale call's measures (say, of an interrupted call) go first
+    partials, kept = rl_units.shard_partials(shard, kind, tuple(_writable(f) for f in fs), keep)
+    if keep:
+        shard._kept = (call, kept)
+    return partials
+
+
+def _theory_finish(shard: _ShardMetaRL, call: int, kind: str, fs: tuple, varrho: np.ndarray | None,
+                   want_rows: bool) -> tuple[float | None, list | None]:
+    """The shard's part of C0 and, if asked, its varsigma_i (local task order), from the kept measures.
+
+    A shard rebuilt since the first pass (its worker was lost) has none: it computes them
+    again from ``fs``, with the same bits.
+    """
+    _use_worker_threads()
+    if shard._kept is not None and shard._kept[0] == call:
+        kept = shard._kept[1]
+    else:
+        kept = rl_units.shard_partials(shard, kind, tuple(_writable(f) for f in fs), True)[1]
+    shard._kept = None
+    return rl_units.finish(kept, varrho, want_rows)
 
 
 @dataclass(frozen=True)
@@ -544,7 +627,7 @@ def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any
     common = dict(workers=[worker], allow_other_workers=False, pure=False)
     if owner.tasks is not None:
         [data] = client.scatter([_pack([owner.tasks[i] for i in shard.tasks])], workers=[worker], hash=False)
-        return client.submit(build, data, None, None, *rest, **common)
+        return client.submit(_build_on_worker, build, WORKER_MALLOC, data, None, None, *rest, **common)
     picks: list[tuple[int, list[int]]] = []  # (spec index, positions in factory(spec))
     for i in shard.tasks:
         s, j = owner._spec_of[i]
@@ -553,7 +636,7 @@ def _submit_shard(owner: Any, shard: _Shard, worker: str, build: Any, *rest: Any
         else:
             picks.append((s, [j]))
     specs = [(owner._specs[s], positions) for s, positions in picks]
-    return client.submit(build, None, owner._factory, specs, *rest, **common)
+    return client.submit(_build_on_worker, build, WORKER_MALLOC, None, owner._factory, specs, *rest, **common)
 
 
 class DaskMetaRL(EnergyObjective):
@@ -577,9 +660,10 @@ class DaskMetaRL(EnergyObjective):
     ``objective``, ``gradient``, ``value_and_grad``, ``grad_energy`` and ``fit`` (with or
     without a task sampler) equal MetaRL's on the same tasks bit for bit, computed in the
     client's process. A checkpoint written by either class resumes in the other. The
-    theory measures of :mod:`fastmeta.theory` take a one-process MetaRL: :meth:`local`
-    builds one from the client's tasks (they are written against MetaRL's per-task traces
-    and solver internals, not per-unit partials; docs/scaling.md).
+    theory measures :func:`fastmeta.theory.meta_visitation` (also :meth:`meta_visitation`)
+    and :func:`fastmeta.theory.rl_gap` take a DaskMetaRL: their per-task work runs on the
+    workers unit by unit and is added in unit order, with the same bits as on one-process
+    MetaRL (:mod:`fastmeta.theory.rl_units`).
     """
 
     _owner = "DaskMetaRL"
@@ -639,6 +723,7 @@ class DaskMetaRL(EnergyObjective):
         self.model = model
         self._model_blob = _pack(model)
         self._metas = metas
+        self._theory_calls = itertools.count()
         self.n_tasks = len(metas)
         self.n_states, self.n_actions = metas[0][4]
         solver = self._settings.get("solver", "auto")
@@ -713,9 +798,25 @@ class DaskMetaRL(EnergyObjective):
             tag[f"tasks[{i}].init"] = init_digest
         return tag
 
+    # ------------------------------------------------------------------ theory measures
+    def meta_visitation(self, theta: Any, *, per_task: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """:func:`fastmeta.theory.meta_visitation` computed on the workers: (varsigma, varrho).
+
+        The same bits as ``theory.meta_visitation(MetaRL(tasks, ...), theta)``. With
+        ``per_task=False`` only varrho (S x A) comes back; the n x S x A varsigma_i stay
+        on the workers. :func:`fastmeta.theory.rl_gap` takes a DaskMetaRL too.
+        """
+        from .theory import meta_visitation
+
+        return meta_visitation(self, theta, per_task=per_task)
+
+    def _theory_units(self) -> "_ClusterUnits":
+        """The per-unit forms of :mod:`fastmeta.theory` on this problem's shards (used by the theory functions)."""
+        return _ClusterUnits(self)
+
     # ------------------------------------------------------------------ distributed extras
     def local(self) -> MetaRL:
-        """A one-process MetaRL on the client's tasks (e.g. for :mod:`fastmeta.theory`)."""
+        """A one-process MetaRL on the client's tasks (or, from a factory, on tasks built here)."""
         tasks = self.tasks
         if tasks is None:
             tasks = [t for spec in self._specs for t in self._factory(spec)]
@@ -742,6 +843,39 @@ class DaskMetaRL(EnergyObjective):
     def __repr__(self) -> str:
         return (f"DaskMetaRL(n_tasks={self.n_tasks}, S={self.n_states}, A={self.n_actions}, "
                 f"units={len(self._unit_tasks)}, shards={len(self._cluster.shards)})")
+
+
+class _ClusterUnits:
+    """:class:`fastmeta.theory.rl_units.LocalUnits` for a DaskMetaRL: the passes run on its shards.
+
+    ``sums`` passes the running sums along the shards in unit order (the additions of
+    one process), one set of S x A sums travelling worker to worker and one coming back;
+    each shard keeps its tasks' measures for ``finish``, which sends varrho to every shard
+    and brings back one float each (and the varsigma_i only when asked).
+    """
+
+    def __init__(self, meta: DaskMetaRL):
+        self._meta = meta
+        self._call = next(meta._theory_calls)
+        self.n_tasks = meta.n_tasks
+        self.gammas = np.array([m[1] for m in meta._metas])
+
+    def sums(self, kind: str, fs: tuple, keep: bool) -> rl_units.Sums:
+        return self._meta._cluster.chain(_theory_partials, rl_units.add_sums, self._call, kind, fs, keep)
+
+    def finish(self, kind: str, fs: tuple, varrho: np.ndarray | None,
+               want_rows: bool) -> tuple[float | None, np.ndarray | None]:
+        cluster = self._meta._cluster
+        results = cluster.map(_theory_finish, self._call, kind, fs, varrho, want_rows)
+        c0 = None if varrho is None else max(c for c, _ in results)
+        if not want_rows:
+            return c0, None
+        meta = self._meta
+        varsigma = np.empty((meta.n_tasks, meta.n_states, meta.n_actions))
+        for shard, (_, rows) in zip(cluster.shards, results):
+            for local, vs in rows:
+                varsigma[shard.tasks[local]] = vs
+        return c0, varsigma
 
 
 _SL_SETTINGS = ("loss", "eta", "first_order")

@@ -19,7 +19,9 @@ pytest.importorskip("distributed")
 from distributed import Client, LocalCluster  # noqa: E402
 
 import fastmeta  # noqa: E402
+from fastmeta import theory  # noqa: E402
 from fastmeta.distributed import DaskMetaRL, DaskMetaSL  # noqa: E402
+from fastmeta.theory import rl_units  # noqa: E402
 from fastmeta.tasks.gridworld import gridworld_kernel  # noqa: E402
 
 
@@ -147,6 +149,64 @@ def test_rl_equals_one_process_bit_for_bit(client, case):
             assert signatures <= here.get(kernel, set()), (worker, kernel, signatures - here.get(kernel, set()))
 
 
+def _same_report(got, want, per_task=True):
+    """Every term of two Theorem 3.5 reports, bit for bit."""
+    assert got.to_dict() == want.to_dict()
+    assert got.notes == want.notes
+    for name in ("varrho", "gbar", "f_omega", "f_omega_printed", "grad", "v", "omega", "comparator"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    if per_task:
+        assert np.array_equal(got.varsigma, want.varsigma)
+    else:
+        assert got.varsigma is None
+
+
+def _same_theory(meta, one, seed):
+    """meta_visitation and rl_gap of a DaskMetaRL against one-process MetaRL on the same tasks."""
+    omega, comparator = np.random.default_rng(seed).normal(size=(2, one.model.n_params)) * 0.3
+    varsigma, varrho = theory.meta_visitation(one, omega)
+    got_varsigma, got_varrho = meta.meta_visitation(omega)
+    assert np.array_equal(got_varsigma, varsigma) and np.array_equal(got_varrho, varrho)
+    none, only_varrho = theory.meta_visitation(meta, omega, per_task=False)
+    assert none is None and np.array_equal(only_varrho, varrho)
+    report = theory.rl_gap(one, omega, comparator)
+    _same_report(theory.rl_gap(meta, omega, comparator), report, per_task=False)  # measures stay on the workers
+    _same_report(theory.rl_gap(meta, omega, comparator, per_task=True), report)
+    return report
+
+
+@pytest.mark.parametrize("case", ["mixed-sparse", "mixed-auto-large", "mixed-batched-split"])
+def test_theory_measures_equal_one_process_bit_for_bit(client, case, monkeypatch):
+    if case == "mixed-batched-split":  # 3 tasks per batch: kernel groups cut across batches and shards
+        from fastmeta import _rl_batch
+
+        monkeypatch.setattr(_rl_batch, "BATCH_BYTES", 3 * _rl_batch.task_bytes(36, 4))
+        (tasks, phi), settings = RL_CASES["mixed-batched"]()
+    else:
+        (tasks, phi), settings = RL_CASES[case]()
+    model = fastmeta.LinearEnergy(phi)
+    one = fastmeta.MetaRL(tasks, model, **settings)
+    meta = DaskMetaRL(client, tasks, model, **settings)
+    assert len(meta._cluster.shards) == 2 and len(meta._unit_tasks) > 2
+    report = _same_theory(meta, one, seed=3)
+    if settings:  # sparse path: the theory's sums are the gradient's, unit by unit
+        assert report.L_omega == one.objective(report.omega)
+    # A shard that lost its kept measures between the two passes (a rebuilt shard) computes them again.
+    units = meta._theory_units()
+    fs = (model.energy(report.omega), model.energy(report.comparator))
+    sums = units.sums(rl_units.GAP, fs, keep=True)
+    assert np.array_equal(sums["varsigma"] / meta.n_tasks, report.varrho)
+    units._call = -1  # not the call the shards kept measures for
+    C0, varsigma = units.finish(rl_units.GAP, fs, report.varrho, True)
+    assert C0 == report.C0 and np.array_equal(varsigma, report.varsigma)
+
+
+def test_theory_rejects_other_objects():
+    with pytest.raises(TypeError, match="'meta' parameter of meta_visitation must be a fastmeta.MetaRL or a "
+                                        "fastmeta.distributed.DaskMetaRL"):
+        theory.meta_visitation(object(), np.zeros(3))
+
+
 def test_one_worker_equals_one_process():
     (tasks, phi), _ = RL_CASES["mixed-batched"]()
     model = fastmeta.LinearEnergy(phi)
@@ -163,6 +223,7 @@ def test_one_worker_equals_one_process():
         assert L2 == L and np.array_equal(g2, g) and meta.objective(theta) == obj
         assert np.array_equal(meta.grad_energy(theta), dfe)
         _same_fit(meta.fit(theta, steps=5, lr=0.5, progress=False), fit)
+        _same_theory(meta, fastmeta.MetaRL(tasks, model), seed=1)
         sl = DaskMetaSL(one, sl_tasks, sl_model, eta=0.2)
         Ls2, gs2 = sl.value_and_grad(sl_theta)
         assert Ls2 == Ls and np.array_equal(gs2, gs)
@@ -260,6 +321,8 @@ def test_task_factory_builds_on_workers(client):
         assert L2 == L and np.array_equal(g2, g)
         assert meta._tag() == tag
         assert [t.kernel_fingerprint for t in meta.local().tasks] == [t.kernel_fingerprint for t in tasks]
+        # The theory measures run where the factory built the tasks.
+        _same_theory(meta, fastmeta.MetaRL(tasks, model, **settings), seed=2)
         report = meta.memory_report()
         assert sum(entry["n_tasks"] for entry in report.values()) == len(tasks)
         assert all(entry["rss_bytes"] > 0 for entry in report.values())
@@ -272,6 +335,31 @@ def test_task_factory_builds_on_workers(client):
         L3, g3 = meta.value_and_grad(theta)
         assert L3 == L and np.array_equal(g3, g) and meta.rebuilds >= 1
         _let_the_nanny_restart(client)
+
+
+def _page_faults_of_reused_arrays():
+    """Minor page faults of 50 allocations of a 320 KB array, each freed before the next."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        np.ones(40_000).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_workers_reuse_freed_memory(client):
+    # Dask's MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold at 128 KiB: every such array
+    # would be a fresh mmap (about 80 page faults each). A shard's worker raises the thresholds.
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the thresholds are glibc malloc's")
+    (tasks, phi), settings = RL_CASES["mixed-sparse"]()
+    meta = DaskMetaRL(client, tasks, fastmeta.LinearEnergy(phi), **settings)
+    workers = sorted(meta.placement)
+    assert len(workers) == 2
+    faults = client.run(_page_faults_of_reused_arrays, workers=workers)
+    assert all(count < 500 for count in faults.values()), faults
 
 
 def test_no_worker_is_a_clear_error(monkeypatch):

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .._kernels import rl as _k
 from .._validation import check_int, check_real_scalar
 from ..energy import LinearEnergy
 from ..neural import NeuralEnergy
-from ..rl import MetaRL, TaskTrace
+from ..rl import MetaRL
 from ..visitation import explicit_family
 from .projection import BallLeastSquares, minimise_over_radius
 from .report import TermReport, times
+from .rl_units import GAP, VISITATION, LocalUnits, l2_of_density
 
 _OWNER = "rl_gap"
 
@@ -48,45 +48,34 @@ def _check_meta(meta: Any, owner: str) -> MetaRL:
     return meta
 
 
-def _groups(meta: MetaRL) -> list[list[int]]:
-    """Tasks sharing one kernel (by content) and discount share the main effect's matrix M."""
-    groups: dict[tuple[str, float], list[int]] = {}
-    for i, task in enumerate(meta.tasks):
-        groups.setdefault((task.kernel_fingerprint, task.gamma), []).append(i)
-    return list(groups.values())
+def _units_of(meta: Any, owner: str) -> Any:
+    """The per-unit computation of ``meta``: in this process, or on the workers of a DaskMetaRL."""
+    if isinstance(meta, MetaRL):
+        return LocalUnits(meta)
+    from ..distributed import DaskMetaRL  # not at import time: fastmeta.distributed imports this package
+
+    if isinstance(meta, DaskMetaRL):
+        return meta._theory_units()
+    raise TypeError(f"The 'meta' parameter of {owner} must be a fastmeta.MetaRL or a "
+                    f"fastmeta.distributed.DaskMetaRL. Got {type(meta).__name__} instead.")
 
 
-def _varsigma(meta: MetaRL, traces: list[TaskTrace]) -> np.ndarray:
-    """varsigma_i of (3.10) for every task: one multi-column transposed solve per group."""
-    S, A = meta.n_states, meta.n_actions
-    pi = traces[0].pi
-    out = np.empty((len(meta.tasks), S, A))
-    mu = np.empty(S)
-    for group in _groups(meta):
-        task = meta.tasks[group[0]]
-        P = task.P
-        rhs = np.empty((S, len(group)))
-        for j, i in enumerate(group):
-            _k.kernel_transpose_apply(P.indptr, P.indices, P.data, traces[i].sigma_i, mu)
-            rhs[:, j] = mu
-        fac = meta._task_pattern[group[0]].factorize(P, pi, task.gamma)
-        X = np.asarray(fac.solve_transposed(rhs)).reshape(S, len(group)) * (1.0 - task.gamma)
-        for j, i in enumerate(group):
-            _k.scale_rows(np.ascontiguousarray(X[:, j]), pi, out[i])
-    return out
-
-
-def meta_visitation(meta: MetaRL, theta: Any) -> tuple[np.ndarray, np.ndarray]:
+def meta_visitation(meta: MetaRL | Any, theta: Any, *, per_task: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """The meta-visitation measures of Definition 3.3 at theta.
 
     Parameters
     ----------
-    meta : MetaRL
+    meta : MetaRL or DaskMetaRL
+        With a :class:`fastmeta.distributed.DaskMetaRL` the measures are computed on the
+        workers, where the tasks live, with the same bits as one process.
     theta : array_like of shape (n_params,)
+    per_task : bool, default True
+        Return every varsigma_i. False returns only varrho (for a DaskMetaRL, the n x S x A
+        per-task measures then never leave the workers).
 
     Returns
     -------
-    varsigma : ndarray of shape (n, S, A)
+    varsigma : ndarray of shape (n, S, A), or None with ``per_task=False``
         varsigma_i (3.10): the visitation of the main effect pi_theta started from
         s0 ~ sum_{s,a} sigma_i(s,a) P_i(.|s,a), sigma_i the adapted policy's visitation.
         Each sums to 1.
@@ -96,12 +85,18 @@ def meta_visitation(meta: MetaRL, theta: Any) -> tuple[np.ndarray, np.ndarray]:
     Notes
     -----
     Costs one meta-gradient plus one transposed solve per task (sharing the main effect's
-    factorisation within each group of tasks with one kernel and discount). The joint
-    measure rho_i (3.9) is an (S*A)^2 object: see :func:`explicit_joint_measure`.
+    factorisation within each group of tasks with one kernel and discount). The sum behind
+    varrho runs over the gradient's units of work in their fixed order
+    (:mod:`fastmeta.theory.rl_units`). The joint measure rho_i (3.9) is an (S*A)^2 object:
+    see :func:`explicit_joint_measure`.
     """
-    meta = _check_meta(meta, "meta_visitation")
-    varsigma = _varsigma(meta, meta.traces(theta))
-    return varsigma, varsigma.mean(axis=0)
+    owner = "meta_visitation"
+    units = _units_of(meta, owner)
+    theta = meta.model.check_params(theta, owner)
+    fs = (meta.model.energy(theta),)
+    varrho = units.sums(VISITATION, fs, keep=bool(per_task))["varsigma"] / units.n_tasks
+    varsigma = units.finish(VISITATION, fs, None, True)[1] if per_task else None
+    return varsigma, varrho
 
 
 def explicit_joint_measure(meta: MetaRL, theta: Any, task: int = 0) -> np.ndarray:
@@ -151,13 +146,6 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _l2_of_density(mass: np.ndarray, varrho: np.ndarray, pos: np.ndarray) -> float:
-    """||d mass / d varrho||_{L2(varrho)} = sqrt(sum mass^2 / varrho); inf if mass sits where varrho = 0."""
-    if np.any(mass[~pos] != 0.0):
-        return math.inf
-    return float(np.sqrt(np.sum(mass[pos] ** 2 / varrho[pos])))
-
-
 class RLGapReport(TermReport):
     """Theorem 3.5 evaluated at omega against one comparator theta'.
 
@@ -168,8 +156,9 @@ class RLGapReport(TermReport):
     L_omega, L_comparator : float
     grad_norm : float
         ||grad L(omega)||_2, the epsilon of (3.16).
-    varsigma : ndarray (n, S, A), varrho : ndarray (S, A)
-        The meta-visitation measures (3.10), (3.11) at omega.
+    varsigma : ndarray (n, S, A) or None, varrho : ndarray (S, A)
+        The meta-visitation measures (3.10), (3.11) at omega (``varsigma`` is None when
+        ``rl_gap`` was called with ``per_task=False``).
     gbar : ndarray (S, A)
         1/n sum_i g~_i dvarsigma_i/dvarrho, with the g~ of the exact gradient.
     f_omega, f_omega_printed : ndarray (S, A)
@@ -227,15 +216,18 @@ class RLGapReport(TermReport):
         return rows
 
 
-def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> RLGapReport:
+def rl_gap(meta: MetaRL | Any, omega: Any, comparator: Any, R: float | None = 1.0, *,
+           per_task: bool | None = None) -> RLGapReport:
     """Evaluate Theorem 3.5 at omega: the true gap, every term, and three bounds side by side.
 
     Parameters
     ----------
-    meta : MetaRL
+    meta : MetaRL or DaskMetaRL
         With a :class:`fastmeta.LinearEnergy` (features phi) or a
         :class:`fastmeta.NeuralEnergy` (features: the Jacobian df(s,a)/dW at omega,
-        the neural tangent class).
+        the neural tangent class). With a :class:`fastmeta.distributed.DaskMetaRL` the
+        per-task work runs on the workers, where the tasks live, with the same bits as
+        one process (docs/scaling.md lists what moves).
     omega : array_like of shape (n_params,)
         The (approximately) stationary point, e.g. the output of ``meta.fit``.
     comparator : array_like of shape (n_params,)
@@ -243,6 +235,10 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
         behind the bound hold for every comparator). See :func:`best_found`.
     R : float or None, default 1.0
         Radius of the ball B_R (> 0). ``None`` minimises each bound over R.
+    per_task : bool, optional
+        Whether the report keeps every varsigma_i (n x S x A floats). Default: True for a
+        MetaRL, False for a DaskMetaRL (the per-task measures then stay on the workers and
+        ``report.varsigma`` is None).
 
     Returns
     -------
@@ -261,35 +257,39 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
     term is ``inf`` with a note.
 
     Costs two meta-gradients (at omega and at the comparator) plus one transposed solve
-    per task and the d x d Gram matrix of the varrho-weighted features.
+    per task and the d x d Gram matrix of the varrho-weighted features. The sums over
+    tasks (varrho, dL/df, the numerator of f_omega, L) are added unit by unit in the
+    gradient's fixed unit order (:mod:`fastmeta.theory.rl_units`), so ``L_omega`` is
+    ``meta.objective(omega)`` to the bit on the sparse path.
     """
-    meta = _check_meta(meta, _OWNER)
+    units = _units_of(meta, _OWNER)
     model = meta.model
     omega = model.check_params(omega, _OWNER)
     comparator = model.check_params(comparator, _OWNER)
     if R is not None:
         R = check_real_scalar(R, "R", _OWNER, low=0.0)
     rows, n_feat = energy_features(meta, omega)
+    if per_task is None:
+        per_task = isinstance(meta, MetaRL)
 
-    tr = meta.traces(omega)
-    trc = meta.traces(comparator)
-    n, tau, eta = len(meta.tasks), meta.tau, meta.eta
-    gammas = np.array([t.gamma for t in meta.tasks])
-    varsigma = _varsigma(meta, tr)
-    varrho = varsigma.mean(axis=0)
+    # Every sum over tasks below is added unit by unit in the gradient's unit order (rl_units).
+    fs = (model.energy(omega), model.energy(comparator))
+    sums = units.sums(GAP, fs, keep=True)
+    n, tau, eta, gammas = units.n_tasks, meta.tau, meta.eta, units.gammas
+    varrho = sums["varsigma"] / n
     pos = varrho > 0.0
+    C0, varsigma = units.finish(GAP, fs, varrho, bool(per_task))
     notes: list[str] = []
 
-    G = sum(t.grad_energy for t in tr) / n                       # dL/df = gbar * varrho
+    G = sums["G"] / n                                            # dL/df = gbar * varrho
     grad = model.energy_vjp(omega, G)
     grad_norm = float(np.linalg.norm(grad))
-    L_omega = float(np.mean([t.J_i for t in tr]))
-    L_comp = float(np.mean([t.J_i for t in trc]))
+    L_omega = sums["J"] / n
+    L_comp = sums["J_comparator"] / n
     # Numerator of (3.14) times varrho: 1/n sum_i A_i^{pi_i,omega} sigma_{pi_i,theta'} / (1-gamma_i).
-    N = sum(c.sigma_i * t.A_i / (1.0 - g) for t, c, g in zip(tr, trc, gammas)) / n
+    N = sums["N"] / n
     # The printed g_i times varsigma_i (no 1/(1-gamma_i) factors).
-    Gp = sum(t.sigma_i * t.A_i / tau + g * eta / tau * t.xi_i[:, None] * t.pi * t.A
-             for t, g in zip(tr, gammas)) / n
+    Gp = sums["G_printed"] / n
 
     # What the printed theorem rests on: E_varrho[phi gbar_printed] should be grad L(omega) and is not.
     printed_grad = model.energy_vjp(omega, Gp)
@@ -297,7 +297,7 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
     gbar = _ratio(G, varrho)
     f_omega = _ratio(N, G)
     f_printed = _ratio(N, Gp)
-    gbar_norm = _l2_of_density(G, varrho, pos)
+    gbar_norm = l2_of_density(G, varrho, pos)
     if math.isinf(gbar_norm):
         notes.append(f"the gradient dL/df is non-zero at {int(np.sum(~pos & (G != 0)))} state-action pairs where "
                      "varrho = 0: gbar is not in L2(varrho), gbar_norm = inf")
@@ -311,11 +311,9 @@ def rl_gap(meta: MetaRL, omega: Any, comparator: Any, R: float | None = 1.0) -> 
             notes.append(f"{name} is infinite at {k} pairs with varrho > 0 (its denominator vanishes there while "
                          "its numerator does not): its projection is inf")
 
-    C0 = max(max(_l2_of_density(t.sigma_i, varrho, pos), _l2_of_density(vs, varrho, pos))
-             for t, vs in zip(tr, varsigma))
     if math.isinf(C0):
         notes.append("some sigma_i or varsigma_i charges pairs where varrho = 0: C0 = inf")
-    Q_max = float(max(np.abs(t.r).max() for t in meta.tasks))
+    Q_max = sums["Q_max"]
     C_printed = 2.0 * C0 * Q_max / tau * (1.0 + 2.0 * Q_max * float(gammas.mean()) * eta)
     C_cons = float(np.mean(2.0 * C0 * Q_max / (tau * (1.0 - gammas))
                            * (1.0 + 2.0 * Q_max * gammas * eta / (1.0 - gammas))))
