@@ -472,6 +472,15 @@ class MetaRL(EnergyObjective):
                 out[i] = trace
         return out
 
+    def meta_visitation(self, theta: Any, *, per_task: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """:func:`fastmeta.theory.meta_visitation` of this problem: (varsigma, varrho).
+
+        The same method as on :class:`fastmeta.distributed.DaskMetaRL`, with the same bits.
+        """
+        from .theory import meta_visitation  # the theory package imports this module
+
+        return meta_visitation(self, theta, per_task=per_task)
+
     def fit(self, theta0: Any = None, *, steps: int = 100, lr: StepSize = 1.0, tol: float = 0.0,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
             resume: bool | str | os.PathLike = False, overwrite: bool = False, progress: bool = True,

@@ -53,6 +53,9 @@ def test_meta_visitation_matches_the_explicit_family(shared, solver):
     np.testing.assert_allclose(varsigma.sum(axis=(1, 2)), 1.0, atol=1e-9)
     np.testing.assert_allclose(varrho, varsigma.mean(axis=0), atol=1e-15)
     np.testing.assert_allclose(varrho, expected_rho, atol=1e-9 if solver == "krylov" else 1e-13)
+    method_varsigma, method_varrho = meta.meta_visitation(theta)  # the method is the function
+    np.testing.assert_array_equal(method_varsigma, varsigma)
+    np.testing.assert_array_equal(method_varrho, varrho)
 
 
 def test_joint_measure_has_varsigma_as_its_marginal():
