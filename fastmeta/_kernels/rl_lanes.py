@@ -1,0 +1,364 @@
+"""The batched meta-gradient of small tasks, ``LANES`` tasks at a time in lockstep.
+
+Private: no validation, callers allocate outputs. The per-task chain of
+:mod:`fastmeta._kernels.rl_batched` is a sequence of short loops (16-64 iterations
+at S = 16) and of dot products, which the compiler cannot vectorise without
+reordering the sums. Here a block of ``LANES`` tasks is stored with the task index
+innermost (``x[s, a, w]`` is task w's ``x[s, a]``), and every step runs over the
+lanes in its innermost loop: the same scalar operations, in the same order, for
+each task, and the lanes side by side in the vector registers. Each lane therefore
+computes exactly what ``rl_batched.one_task`` computes for its task (the branches
+that skip exact zeros become selects of the same values), and a block is computed
+by one thread into slots of its own: the result does not depend on the number of
+threads.
+
+Every lane builds and factorises its own main-effect matrix from its own copy of
+its kernel (dense, ``S*A x S``): LU without pivoting, valid since M = I - gamma P_pi
+is strictly row diagonally dominant (see :mod:`fastmeta._kernels.rl_batched`).
+A block's unused lanes (the last block of a batch) hold a copy of its first task;
+their results are not read.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._config import jit, sized
+from .rl_batched import scaled_energy
+
+LANES = 16
+"""Tasks per block: one AVX-512 register of float64 (two AVX2 registers)."""
+
+
+@jit
+def block_views(buf, b, S, A):
+    """Block b of a lane-packed buffer: P (S*A, S, W), r (S, A, W), init (S, W), gamma (W)."""
+    W = LANES
+    size = (S * A * S + S * A + S + 1) * W
+    o = b * size
+    P = buf[o:o + S * A * S * W].reshape((S * A, S, W))
+    o += S * A * S * W
+    r = buf[o:o + S * A * W].reshape((S, A, W))
+    o += S * A * W
+    init = buf[o:o + S * W].reshape((S, W))
+    o += S * W
+    gamma = buf[o:o + W]
+    return P, r, init, gamma
+
+
+@jit
+def _average(pi, r, out):
+    """out[s, w] = sum_a pi[s, a, w] r[s, a, w]."""
+    S, A, W = r.shape
+    for s in range(S):
+        for w in range(W):
+            out[s, w] = 0.0
+        for a in range(A):
+            for w in range(W):
+                out[s, w] += pi[s, a, w] * r[s, a, w]
+
+
+@jit
+def _scale(x, gamma):
+    """x[s, w] *= 1 - gamma[w]."""
+    S, W = x.shape
+    for s in range(S):
+        for w in range(W):
+            x[s, w] *= 1.0 - gamma[w]
+
+
+@jit
+def _policy_matrix(P, pi, gamma, scale, out):
+    """out = I - gamma P_pi for every lane.
+
+    ``scale`` (W,) is a workspace: a buffer allocated here would cost a heap allocation per call."""
+    S, _, W = out.shape
+    A = P.shape[0] // S
+    for s in range(S):
+        row = out[s]
+        for j in range(S):
+            for w in range(W):
+                row[j, w] = 0.0
+        for w in range(W):
+            row[s, w] = 1.0
+        for a in range(A):
+            p = P[s * A + a]
+            for w in range(W):
+                scale[w] = -gamma[w] * pi[s, a, w]
+            for j in range(S):
+                for w in range(W):
+                    row[j, w] += scale[w] * p[j, w]
+
+
+@jit
+def _lu(a, inv):
+    """Every lane's a <- its LU factors: ``rl_batched.lu_inplace``'s operations, in its order (``inv``: (W,))."""
+    n, _, W = a.shape
+    for k0 in range(0, n, 4):
+        e = min(k0 + 4, n)
+        for k in range(k0, e):  # panel
+            for w in range(W):
+                inv[w] = 1.0 / a[k, k, w]
+            for i in range(k + 1, n):
+                for w in range(W):
+                    a[i, k, w] *= inv[w]
+                for j in range(k + 1, e):
+                    for w in range(W):
+                        a[i, j, w] -= a[i, k, w] * a[k, j, w]
+        for k in range(k0, e):  # the panel's rows of U
+            for i in range(k + 1, e):
+                for j in range(e, n):
+                    for w in range(W):
+                        a[i, j, w] -= a[i, k, w] * a[k, j, w]
+        if e - k0 < 4:  # then e == n: nothing left to update
+            continue
+        for i in range(e, n):
+            for j in range(e, n):
+                for w in range(W):
+                    a[i, j, w] -= (a[i, k0, w] * a[k0, j, w] + a[i, k0 + 1, w] * a[k0 + 1, j, w]
+                                   + a[i, k0 + 2, w] * a[k0 + 2, j, w] + a[i, k0 + 3, w] * a[k0 + 3, j, w])
+
+
+@jit
+def _solve(lu, b, x):
+    """x = (LU)^{-1} b per lane (``rl_batched.lu_solve``'s order)."""
+    n, W = b.shape
+    for i in range(n):
+        for w in range(W):
+            x[i, w] = b[i, w]
+    for i in range(n):
+        for k in range(i):
+            for w in range(W):
+                x[i, w] -= lu[i, k, w] * x[k, w]
+    for i in range(n - 1, -1, -1):
+        for k in range(i + 1, n):
+            for w in range(W):
+                x[i, w] -= lu[i, k, w] * x[k, w]
+        for w in range(W):
+            x[i, w] = x[i, w] / lu[i, i, w]
+
+
+@jit
+def _solve_transposed(lu, b, x):
+    """x = (LU)^{-T} b per lane (``rl_batched.lu_solve_transposed``'s order; exact zeros skipped)."""
+    n, W = b.shape
+    for i in range(n):
+        for w in range(W):
+            x[i, w] = b[i, w]
+    for k in range(n):
+        for w in range(W):
+            x[k, w] /= lu[k, k, w]
+        for i in range(k + 1, n):
+            for w in range(W):
+                xk = x[k, w]
+                x[i, w] = x[i, w] - lu[k, i, w] * xk if xk != 0.0 else x[i, w]
+    for k in range(n - 1, -1, -1):
+        for i in range(k):
+            for w in range(W):
+                xk = x[k, w]
+                x[i, w] = x[i, w] - lu[k, i, w] * xk if xk != 0.0 else x[i, w]
+
+
+@jit
+def _bellman_q(P, r, V, gamma, out):
+    """out[s, a, w] = (1 - gamma) r + gamma sum_j P[s*A + a, j, w] V[j, w] per lane."""
+    S, A, W = r.shape
+    for s in range(S):
+        for a in range(A):
+            p = P[s * A + a]
+            o = out[s, a]
+            for w in range(W):
+                o[w] = 0.0
+            for j in range(S):
+                for w in range(W):
+                    o[w] += p[j, w] * V[j, w]
+            for w in range(W):
+                o[w] = (1.0 - gamma[w]) * r[s, a, w] + gamma[w] * o[w]
+
+
+@jit
+def _centred(Q, pi, v, out):
+    """out = Q - sum_b pi(b|s) Q(s, b) per lane (``centred_advantage``: exact zeros of pi skipped; ``v``: (W,))."""
+    S, A, W = Q.shape
+    for s in range(S):
+        for w in range(W):
+            v[w] = 0.0
+        for a in range(A):
+            for w in range(W):
+                p = pi[s, a, w]
+                v[w] = v[w] + p * Q[s, a, w] if p != 0.0 else v[w]
+        for a in range(A):
+            for w in range(W):
+                out[s, a, w] = Q[s, a, w] - v[w]
+
+
+@jit
+def _adapted_policy(z0, Q, eta, lane, out):
+    """out[s] = softmax(z0[s] + eta (Q[s] - max Q[s])) per lane (``adapt_and_normalise_row``'s arithmetic).
+
+    ``lane`` (3, W) is a workspace."""
+    S, A, W = Q.shape
+    qmax, m, total = lane[0], lane[1], lane[2]
+    for s in range(S):
+        for w in range(W):
+            qmax[w] = -np.inf
+            m[w] = -np.inf
+            total[w] = 0.0
+        for a in range(A):
+            for w in range(W):
+                qmax[w] = Q[s, a, w] if Q[s, a, w] > qmax[w] else qmax[w]
+        for a in range(A):
+            z0sa = z0[s, a]
+            for w in range(W):
+                z = z0sa
+                if eta != 0.0:
+                    dq = Q[s, a, w] - qmax[w]
+                    z = z + eta * dq if dq != 0.0 else z
+                out[s, a, w] = z
+                m[w] = z if z > m[w] else m[w]
+        for a in range(A):
+            for w in range(W):
+                e = np.exp(out[s, a, w] - m[w])
+                out[s, a, w] = e
+                total[w] += e
+        for w in range(W):
+            total[w] = 1.0 / total[w]
+        for a in range(A):
+            for w in range(W):
+                out[s, a, w] *= total[w]
+
+
+@jit
+def _transpose_apply(P, x, out):
+    """out[j, w] = sum_{s,a} x[s, a, w] P[s*A + a, j, w], rows in (s, a) order, exact zeros of x skipped."""
+    S, A, W = x.shape
+    for j in range(S):
+        for w in range(W):
+            out[j, w] = 0.0
+    for s in range(S):
+        for a in range(A):
+            p = P[s * A + a]
+            xs = x[s, a]
+            for j in range(S):
+                for w in range(W):
+                    out[j, w] = out[j, w] + xs[w] * p[j, w] if xs[w] != 0.0 else out[j, w]
+
+
+@jit
+def one_block(P, r, init, gamma, z0, pi, inv_tau, eta, want_grad, lu_main, M_i, vecs, mats, lane, J, grad):
+    """A block's tasks: J[w] = J_i of lane w and, if ``want_grad``, grad[w] = dL_i/df (S, A).
+
+    ``rl_batched.one_task`` for ``LANES`` tasks at once (see its docstring for the
+    steps), with the main policy ``pi`` copied into every lane (S, A, W); ``lu_main``,
+    ``M_i`` (S, S, W), ``vecs`` (5, S, W), ``mats`` (7, S, A, W) and ``lane`` (3, W)
+    are workspaces.
+    """
+    S, A, W = r.shape
+    V, V_i, nu, xi, tmp = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4]
+    Q, adv, pi_i, Q_i, adv_i, sigma, g = mats[0], mats[1], mats[2], mats[3], mats[4], mats[5], mats[6]
+    _policy_matrix(P, pi, gamma, lane[0], lu_main)
+    _lu(lu_main, lane[0])
+    _average(pi, r, tmp)
+    _solve(lu_main, tmp, V)
+    _scale(V, gamma)
+    _bellman_q(P, r, V, gamma, Q)
+    _centred(Q, pi, lane[0], adv)
+    _adapted_policy(z0, Q, eta, lane, pi_i)
+    _policy_matrix(P, pi_i, gamma, lane[0], M_i)
+    _lu(M_i, lane[0])
+    _average(pi_i, r, tmp)
+    _solve(M_i, tmp, V_i)
+    _scale(V_i, gamma)
+    acc = lane[0]
+    for w in range(W):
+        acc[w] = 0.0
+    for s in range(S):
+        for w in range(W):
+            acc[w] += init[s, w] * V_i[s, w]
+    for w in range(J.size):
+        J[w] = acc[w]
+    if not want_grad:
+        return
+    _bellman_q(P, r, V_i, gamma, Q_i)
+    _solve_transposed(M_i, init, nu)
+    _scale(nu, gamma)
+    _centred(Q_i, pi_i, lane[0], adv_i)
+    for s in range(S):
+        for a in range(A):
+            for w in range(W):
+                sigma[s, a, w] = nu[s, w] * pi_i[s, a, w]
+                g[s, a, w] = sigma[s, a, w] * adv_i[s, a, w]
+    _transpose_apply(P, g, tmp)  # mu = P^T (sigma_i A_i)
+    _solve_transposed(lu_main, tmp, xi)
+    _scale(xi, gamma)
+    c_own, c_meta, cx = lane[0], lane[1], lane[2]
+    for w in range(W):
+        c_own[w] = inv_tau / (1.0 - gamma[w])
+        c_meta[w] = eta * gamma[w] * inv_tau / ((1.0 - gamma[w]) * (1.0 - gamma[w]))
+    for s in range(S):
+        for w in range(W):
+            # as one_task: exact zeros skipped (no 0 * inf), c_meta xi first
+            cx[w] = c_meta[w] * xi[s, w] if (c_meta[w] != 0.0 and xi[s, w] != 0.0) else 0.0
+        for a in range(A):
+            for w in range(W):
+                x = g[s, a, w]
+                val = c_own[w] * x if x != 0.0 else 0.0
+                x = pi[s, a, w] * adv[s, a, w]
+                g[s, a, w] = val + cx[w] * x if (cx[w] != 0.0 and x != 0.0) else val
+    for w in range(grad.shape[0]):
+        for s in range(S):
+            for a in range(A):
+                grad[w, s, a] = g[s, a, w]
+
+
+@jit
+def _block_range(buf, n, z0, pi, inv_tau, eta, want_grad, lo, hi, J_out, slots):
+    """Blocks lo..hi-1 of a lane-packed batch, one after the other, with one workspace."""
+    S, A, W = pi.shape
+    lu_main = np.empty((S, S, W))
+    M_i = np.empty((S, S, W))
+    vecs = np.empty((5, S, W))
+    mats = np.empty((7, S, A, W))
+    lane = np.empty((3, W))
+    for b in range(lo, hi):
+        P, r, init, gamma = block_views(buf, b, S, A)
+        t0 = b * W
+        t1 = min(t0 + W, n)
+        one_block(P, r, init, gamma, z0, pi, inv_tau, eta, want_grad, lu_main, M_i, vecs, mats, lane,
+                  J_out[t0:t1], slots[t0:t1] if want_grad else slots[0:0])
+
+
+@sized
+def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_chunks, grad_out):
+    """A lane-packed batch of n tasks: returns sum_i J_i, and grad_out = sum_i dL_i/df if ``want_grad``.
+
+    ``rl_batched.batch_meta_grad`` for a batch packed by lanes (``fastmeta._rl_batch``):
+    the blocks run in parallel over ``n_chunks`` contiguous chunks of blocks (the split
+    only decides which thread computes a block), the sums serially in task order.
+    """
+    S, A = pi.shape
+    W = LANES
+    n_blocks = (n + W - 1) // W
+    z0 = np.empty((S, A))
+    scaled_energy(f, inv_tau, z0)
+    pi_lanes = np.empty((S, A, W))  # the main policy, the same in every lane
+    for s in range(S):
+        for a in range(A):
+            for w in range(W):
+                pi_lanes[s, a, w] = pi[s, a]
+    J_out = np.empty(n)
+    slots = np.empty((n if want_grad else 1, S, A))
+    for c in prange(n_chunks):
+        _block_range(buf, n, z0, pi_lanes, inv_tau, eta, want_grad, c * n_blocks // n_chunks,
+                     (c + 1) * n_blocks // n_chunks, J_out, slots)
+    total = 0.0
+    for i in range(n):
+        total += J_out[i]
+    if want_grad:
+        flat_out = grad_out.reshape(S * A)
+        flat = slots.reshape((n, S * A))
+        flat_out[:] = flat[0]
+        for i in range(1, n):
+            for p in range(S * A):
+                flat_out[p] += flat[i, p]
+    return total
