@@ -434,3 +434,16 @@ def test_lanes_give_the_same_bits_for_1_and_2_threads_and_both_twins(force_paral
     for L, g in out[1:]:
         assert L == out[0][0]
         np.testing.assert_array_equal(g, out[0][1])
+
+
+def test_vectorised_exp_is_within_2_ulp_of_the_c_library_with_the_same_zeros():
+    rng = np.random.default_rng(52)
+    x = np.concatenate([-rng.random(20_000) * 800, -rng.random(20_000) * 2, -rng.random(1000) * 1e-12,
+                        [0.0, -0.0, -745.1, -745.2, -708.4, -708.3, -1e-300, -np.inf]])
+    got = np.array([kl.exp_nonpositive(v) for v in x])
+    want = np.exp(x)
+    np.testing.assert_array_equal(got == 0.0, want == 0.0)
+    normal = want >= np.finfo(float).tiny
+    np.testing.assert_array_less(np.abs(got - want)[normal], 2.01 * np.spacing(want[normal]))
+    assert np.abs(got - want)[~normal].max() <= 5e-324  # subnormals: within one of their units
+    assert np.isnan(kl.exp_nonpositive(np.nan)) and kl.exp_nonpositive(-np.inf) == 0.0

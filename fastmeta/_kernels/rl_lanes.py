@@ -7,10 +7,16 @@ reordering the sums. Here a block of ``LANES`` tasks is stored with the task ind
 innermost (``x[s, a, w]`` is task w's ``x[s, a]``), and every step runs over the
 lanes in its innermost loop: the same scalar operations, in the same order, for
 each task, and the lanes side by side in the vector registers. Each lane therefore
-computes exactly what ``rl_batched.one_task`` computes for its task (the branches
-that skip exact zeros become selects of the same values), and a block is computed
+computes what ``rl_batched.one_task`` computes for its task (the branches that skip
+exact zeros become selects of the same values), and a block is computed
 by one thread into slots of its own: the result does not depend on the number of
 threads.
+
+The one exception is the exponential of the adapted policies' softmax: the C
+library's ``exp`` is one call per value, which the compiler cannot vectorise (14% of
+the time at S = 16); :func:`exp_nonpositive` is a polynomial it vectorises, within 2
+units in the last place of the C library's value, so the lanes and the task-by-task
+kernel agree to rounding, not bit for bit.
 
 Every lane builds and factorises its own main-effect matrix from its own copy of
 its kernel (dense, ``S*A x S``): LU without pivoting, valid since M = I - gamma P_pi
@@ -20,14 +26,65 @@ their results are not read.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from ._config import jit, sized
 from .rl_batched import scaled_energy
 
 LANES = 16
 """Tasks per block: one AVX-512 register of float64 (two AVX2 registers)."""
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float64 whose IEEE 754 bits are the int64 ``bits`` (a no-op in machine code)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts: k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = 1.90821492927058770002e-10
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (1.0 / math.factorial(k) for k in range(2, 14))
+
+
+@jit
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (and -inf, NaN), in operations the compiler vectorises.
+
+    x = k ln 2 + r with |r| <= ln 2 / 2, exp(r) by its Taylor polynomial of degree 13
+    (truncation below 1e-17 relative), times 2^k built from its bits in two factors (so
+    that results below the normal range round to subnormals and 0 as the C library's
+    do). Within 2 units in the last place of the C library's ``exp`` (measured on 2e6
+    points of [-800, 0]), the same zeros.
+    """
+    xc = x if x > -746.0 else -746.0  # exp(-746) is 0 in float64; also keeps int(k) defined for -inf
+    k = np.floor(xc * _LOG2E + 0.5)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    p = _C13
+    p = p * r + _C12
+    p = p * r + _C11
+    p = p * r + _C10
+    p = p * r + _C9
+    p = p * r + _C8
+    p = p * r + _C7
+    p = p * r + _C6
+    p = p * r + _C5
+    p = p * r + _C4
+    p = p * r + _C3
+    p = p * r + _C2
+    p = p * r + 1.0
+    p = p * r + 1.0
+    ki = np.int64(k)
+    k1 = ki if ki > -1020 else -1020
+    y = p * _float_from_bits((k1 + 1023) << 52) * _float_from_bits((ki - k1 + 1023) << 52)
+    return y if x == x else x
 
 
 @jit
@@ -161,19 +218,27 @@ def _solve_transposed(lu, b, x):
 
 @jit
 def _bellman_q(P, r, V, gamma, out):
-    """out[s, a, w] = (1 - gamma) r + gamma sum_j P[s*A + a, j, w] V[j, w] per lane."""
+    """out[s, a, w] = (1 - gamma) r + gamma sum_j P[s*A + a, j, w] V[j, w] per lane.
+
+    The sum over j in order for each (s, a), the A actions of a state side by side (V[j]
+    read once for all of them: 1.7x faster at S = 16 than one action at a time)."""
     S, A, W = r.shape
     for s in range(S):
+        o = out[s]
         for a in range(A):
-            p = P[s * A + a]
-            o = out[s, a]
             for w in range(W):
-                o[w] = 0.0
-            for j in range(S):
+                o[a, w] = 0.0
+        Ps = P[s * A:(s + 1) * A]
+        for j in range(S):
+            v = V[j]
+            for a in range(A):
+                p = Ps[a, j]
+                oa = o[a]
                 for w in range(W):
-                    o[w] += p[j, w] * V[j, w]
+                    oa[w] += p[w] * v[w]
+        for a in range(A):
             for w in range(W):
-                o[w] = (1.0 - gamma[w]) * r[s, a, w] + gamma[w] * o[w]
+                o[a, w] = (1.0 - gamma[w]) * r[s, a, w] + gamma[w] * o[a, w]
 
 
 @jit
@@ -218,7 +283,7 @@ def _adapted_policy(z0, Q, eta, lane, out):
                 m[w] = z if z > m[w] else m[w]
         for a in range(A):
             for w in range(W):
-                e = np.exp(out[s, a, w] - m[w])
+                e = exp_nonpositive(out[s, a, w] - m[w])
                 out[s, a, w] = e
                 total[w] += e
         for w in range(W):
