@@ -183,28 +183,25 @@ def pack_lanes(tasks: Sequence[TabularMDP]) -> np.ndarray:
 
     Block b holds tasks ``b*LANES ..``, task index innermost; the last block's unused
     lanes hold a copy of its first task (a valid MDP: no division by zero in lanes whose
-    results are not read). Each distinct kernel is made dense once.
+    results are not read). Filled block by block, so packing needs one block of
+    temporary memory beyond the result.
     """
     W = _kl.LANES
     S, A = tasks[0].shape
     n = len(tasks)
     n_blocks = -(-n // W)
-    slot = np.arange(n_blocks * W)
-    slot = np.where(slot < n, slot, slot // W * W)  # unused lanes: the block's first task
-    dense: dict[str, np.ndarray] = {}
-    for task in tasks:
-        if task.kernel_fingerprint not in dense:
-            dense[task.kernel_fingerprint] = task.P.toarray()
-    P = np.stack([dense[tasks[i].kernel_fingerprint] for i in slot])  # (n_blocks * W, S*A, S)
-    r = np.stack([tasks[i].r for i in slot])
-    init = np.stack([tasks[i].init for i in slot])
-    gamma = np.array([tasks[i].gamma for i in slot], dtype=np.float64)
-
-    def by_block(x: np.ndarray) -> np.ndarray:  # (n_blocks * W, ...) -> (n_blocks, ... * W), lane innermost
-        x = x.reshape((n_blocks, W, -1))
-        return np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(n_blocks, -1)
-
-    return np.concatenate([by_block(P), by_block(r), by_block(init), by_block(gamma)], axis=1).ravel()
+    parts = (S * A * S, S * A, S, 1)  # per lane: P, r, init, gamma
+    out = np.empty((n_blocks, sum(parts) * W))
+    for b in range(n_blocks):
+        lanes = [tasks[i if i < n else b * W] for i in range(b * W, b * W + W)]
+        fields = ([t.P.toarray() for t in lanes], [t.r for t in lanes], [t.init for t in lanes],
+                  [np.float64(t.gamma) for t in lanes])
+        o = 0
+        for size, values in zip(parts, fields):
+            # (W, size) -> (size, W): the lane index innermost
+            out[b, o:o + size * W] = np.stack(values).reshape(W, size).T.ravel()
+            o += size * W
+    return out.ravel()
 
 
 def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -> list[_Batch]:
