@@ -162,10 +162,10 @@ def _all_solver_results(tasks, phi, theta):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 def test_parallel_twins_give_the_same_bits_for_1_and_2_threads(force_parallel):
-    tasks, phi = fastmeta.tasks.random_mdps(9, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
+    tasks, phi = fastmeta.tasks.random_mdps(19, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
     tasks += [TabularMDP(tasks[0].P.copy(), tasks[3].r, 0.7, tasks[4].init)]
     theta = np.random.default_rng(17).normal(size=6)
-    # 10 tasks: by lanes; 3 tasks: the task-by-task batch layout
+    # 20 tasks: by lanes; 3 tasks: the task-by-task batch layout
     assert MetaRL(tasks, LinearEnergy(phi))._units[0].lanes and not MetaRL(tasks[:3], LinearEnergy(phi))._units[0].lanes
     old = numba.get_num_threads()
     try:
