@@ -38,6 +38,13 @@ LANES_MIN_TASKS = _kl.LANES // 2
 used, and from half a block on it is faster than the tasks one by one (one thread, a
 block of 32 lanes against one task: S = 16 92 / 10 us, S = 32 400 / 23 us)."""
 
+LANES_PARALLEL_FACTOR = 4
+"""Batches by lanes run their parallel compilation from this many times the task-by-task
+threshold (``_config.BATCH_PARALLEL_MIN_WORK``) on: a task costs 3-4x less by lanes, and
+a second thread pays only when each has a long share. With other jobs on the cores it
+costs: S = 16, 64 tasks, alternating with JAX at load 4.4, one thread 0.29 ms, two 0.36
+ms (a thread that waits for a descheduled partner)."""
+
 
 class _Batch:
     """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order.
@@ -88,7 +95,8 @@ class _Batch:
                                      + [t.r.ravel() for t in tasks] + [t.init for t in tasks]
                                      + ([P.toarray().ravel() for P in kernels] if dense else []))
         self.n_kernels, self.n_groups, self.n_shared = len(kernels), G, int(shared.size)
-        self._parallel = n >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
+        min_work = _config.BATCH_PARALLEL_MIN_WORK * (LANES_PARALLEL_FACTOR if self.lanes else 1)
+        self._parallel = n >= 2 and n * S ** 3 >= min_work
         # The compiled call and its first two arguments: kernel(*data, f, pi, inv_tau, eta, want_grad, chunks, grad).
         twins = _kl.lanes_meta_grad if self.lanes else _kb.batch_meta_grad
         self.kernel = twins.parallel if self._parallel else twins.serial
