@@ -39,9 +39,9 @@ from .rl_batched import scaled_energy
 LANES = 32
 """Tasks per block. Every inner loop runs over the lanes, so more lanes spread each loop's
 fixed cost (the compiler's checks that its arrays do not overlap) over more arithmetic:
-S = 16, 64 tasks, one thread, per gradient: 4, 8, 16, 32, 64 lanes 630, 500, 215, 184,
-166 us (the tasks one by one 655 us); at S = 32, 64 lanes are slower than 32 (898 / 793
-us), and 64 lanes would leave a batch of 64 tasks a single block for two threads."""
+S = 16, 64 tasks, one thread: 16, 32, 64 lanes 211-217, 181-194, 166 us per gradient
+(the tasks one by one 555-655 us); at S = 32, 64 lanes are slower than 32 (898 / 793 us),
+and 64 lanes would leave a batch of 64 tasks a single block for two threads."""
 
 
 @intrinsic
