@@ -5,7 +5,7 @@ A batch is built once, when :class:`fastmeta.MetaRL` is constructed: its kernels
 are packed into flat arrays, so that a call costs a fixed amount of Python work
 however many tasks it holds. Batches of at least ``LANES_MIN_TASKS`` tasks with at
 most ``DENSE_KERNEL_MAX_STATES`` states are also packed by lanes (``_kernels/rl_lanes``:
-blocks of tasks computed in lockstep, the same arithmetic per task). Batches are
+blocks of tasks computed in lockstep, each task's arithmetic in its order). Batches are
 capped in memory (``BATCH_BYTES``): the main-effect LU factors of every shared group
 and the per-task gradient slots of a batch are dense, S x S and S x A each.
 """
@@ -50,8 +50,9 @@ class _Batch:
     """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order.
 
     Everything a call needs is packed into two arrays, ``ints`` and ``floats`` (layout in
-    :func:`fastmeta._kernels.rl_batched.unpack`): a compiled call costs about 0.2 us per
-    array argument to dispatch, so a call passes two instead of a dozen.
+    :func:`fastmeta._kernels.rl_batched.unpack`), or, for a batch by lanes, into one
+    (:func:`pack_lanes`): a compiled call costs about 0.2 us per array argument to
+    dispatch, so a call passes two instead of a dozen. ``kernel(*data, ...)`` is the call.
     """
 
     def __init__(self, tasks: Sequence[TabularMDP], indices: Sequence[int]):
