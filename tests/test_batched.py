@@ -364,6 +364,9 @@ def test_lanes_match_the_oracle_and_the_task_by_task_batch(n, sparse_input):
     assert one_by_one.objective(theta) == pytest.approx(lanes.objective(theta), rel=1e-14, abs=0)
     np.testing.assert_allclose(lanes.grad_energy(theta), one_by_one.grad_energy(theta), rtol=1e-13, atol=1e-16)
     assert lanes.objective(theta) == L
+    if n <= 17:  # trace: the task-by-task arithmetic of each task of a batch by lanes
+        total = sum(lanes.trace(theta, task=i).grad_energy for i in range(n))
+        np.testing.assert_allclose(total / n, lanes.grad_energy(theta), rtol=1e-12, atol=1e-15)
 
 
 def test_lanes_match_the_per_task_path_on_rl2_tasks():
