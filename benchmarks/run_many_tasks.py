@@ -145,7 +145,7 @@ def worker_overhead(repeats: int) -> None:
     pi = meta._main_policy(f)
     grad = np.empty(f.shape)
     _emit(kind="overhead", impl="fastmeta batch call alone (the task's arithmetic)",
-          times=_timed(lambda: batch.kernel(*batch.data, f, pi, 1.0, 1.0, True, batch.n_chunks(), grad), repeats))
+          times=_timed(lambda: batch.kernel(*batch.data, f, pi, 1.0, 1.0, True, batch.n_workers(), grad), repeats))
     jx = JaxVmapMetaRL(problem_arrays(tasks, phi))
     jx.value_and_grad(theta)
     _emit(kind="overhead", impl="jax value_and_grad", times=_timed(lambda: jx.value_and_grad(theta), repeats))

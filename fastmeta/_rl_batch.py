@@ -38,14 +38,6 @@ LANES_MIN_TASKS = _kl.LANES // 2
 used, and from half a block on it is faster than the tasks one by one (one thread, a
 block of 32 lanes against one task: S = 16 92 / 10 us, S = 32 400 / 23 us)."""
 
-LANES_PARALLEL_FACTOR = 4
-"""Batches by lanes run their parallel compilation from this many times the task-by-task
-threshold (``_config.BATCH_PARALLEL_MIN_WORK``) on: a task costs 3-4x less by lanes, and
-a second thread pays only when each has a long share. With other jobs on the cores it
-costs: S = 16, 64 tasks, alternating with JAX at load 4.4, one thread 0.29 ms, two 0.36
-ms (a thread that waits for a descheduled partner)."""
-
-
 class _Batch:
     """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order.
 
@@ -96,23 +88,22 @@ class _Batch:
                                      + [t.r.ravel() for t in tasks] + [t.init for t in tasks]
                                      + ([P.toarray().ravel() for P in kernels] if dense else []))
         self.n_kernels, self.n_groups, self.n_shared = len(kernels), G, int(shared.size)
-        min_work = _config.BATCH_PARALLEL_MIN_WORK * (LANES_PARALLEL_FACTOR if self.lanes else 1)
-        self._parallel = n >= 2 and n * S ** 3 >= min_work
-        # The compiled call and its first two arguments: kernel(*data, f, pi, inv_tau, eta, want_grad, chunks, grad).
+        self._units_of_work = -(-n // _kl.LANES) if self.lanes else n  # blocks or tasks
+        self._parallel = self._units_of_work >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
+        # The compiled call and its first two arguments: kernel(*data, f, pi, inv_tau, eta, want_grad, workers, grad).
         twins = _kl.lanes_meta_grad if self.lanes else _kb.batch_meta_grad
         self.kernel = twins.parallel if self._parallel else twins.serial
         self.data = (pack_lanes(tasks), n) if self.lanes else (self.ints, self.floats)
-        self._units_of_work = -(-n // _kl.LANES) if self.lanes else n  # blocks or tasks
 
-    def n_chunks(self) -> int:
-        """Chunks of a parallel call (of blocks by lanes, else of tasks): a few per thread, one workspace each."""
-        return min(self._units_of_work, 4 * numba.get_num_threads()) if self._parallel else 1
+    def n_workers(self) -> int:
+        """Threads of a call: they take the blocks (by lanes) or tasks one at a time, one workspace each."""
+        return min(self._units_of_work, numba.get_num_threads()) if self._parallel else 1
 
     def run(self, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float,
             want_grad: bool) -> tuple[float, np.ndarray | None]:
         """(sum of J_i, sum of dL_i/df or None) over the batch's tasks, in batch order."""
         grad = np.empty(self.shape) if want_grad else np.empty((0, 0))
-        total = self.kernel(*self.data, f, pi, inv_tau, eta, want_grad, self.n_chunks(), grad)
+        total = self.kernel(*self.data, f, pi, inv_tau, eta, want_grad, self.n_workers(), grad)
         return total, (grad if want_grad else None)
 
     def linear_runner(self, phi: np.ndarray, n_total: int) -> "LinearRunner":
@@ -174,7 +165,7 @@ class LinearRunner:
         self.softmax(f, inv_tau, f, 0.0, pi)
         grad = np.empty((S, A)) if want_grad else np.empty((0, 0))
         batch = self.batch
-        total = batch.kernel(*batch.data, f, pi, inv_tau, eta, want_grad, batch.n_chunks(), grad)
+        total = batch.kernel(*batch.data, f, pi, inv_tau, eta, want_grad, batch.n_workers(), grad)
         value = total / self.n_total  # rl.mean_of_sums
         # A non-finite f shows in L (a NaN policy) or in the gradient.
         if not math.isfinite(value):

@@ -162,10 +162,10 @@ def _all_solver_results(tasks, phi, theta):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 def test_parallel_twins_give_the_same_bits_for_1_and_2_threads(force_parallel):
-    tasks, phi = fastmeta.tasks.random_mdps(19, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
+    tasks, phi = fastmeta.tasks.random_mdps(39, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
     tasks += [TabularMDP(tasks[0].P.copy(), tasks[3].r, 0.7, tasks[4].init)]
     theta = np.random.default_rng(17).normal(size=6)
-    # 20 tasks: by lanes; 3 tasks: the task-by-task batch layout
+    # 40 tasks: by lanes (two blocks); 3 tasks: the task-by-task batch layout
     assert MetaRL(tasks, LinearEnergy(phi))._units[0].lanes and not MetaRL(tasks[:3], LinearEnergy(phi))._units[0].lanes
     old = numba.get_num_threads()
     try:
@@ -450,3 +450,32 @@ def test_vectorised_exp_is_within_2_ulp_of_the_c_library_with_the_same_zeros():
     np.testing.assert_array_less(np.abs(got - want)[normal], 2.01 * np.spacing(want[normal]))
     assert np.abs(got - want)[~normal].max() <= 5e-324  # subnormals: within one of their units
     assert np.isnan(kl.exp_nonpositive(np.nan)) and kl.exp_nonpositive(-np.inf) == 0.0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_the_work_queue_hands_out_every_item_once(numba_threads):
+    """As the batch kernels use it: the counter made in the parallel function, taken from in a callee."""
+    from numba import njit, prange
+
+    from fastmeta._kernels.work_queue import take_next
+
+    @njit
+    def worker(queue, taken):
+        while True:
+            i = take_next(queue)
+            if i >= taken.size:
+                return
+            taken[i] += 1
+
+    @njit(parallel=True)
+    def drain(n, workers):
+        queue = np.zeros(1, dtype=np.int64)
+        taken = np.zeros(n, dtype=np.int64)
+        for _ in prange(workers):
+            worker(queue, taken)
+        return taken, queue
+
+    numba_threads(2)
+    for n in (0, 1, 7, 10_000):
+        taken, queue = drain(n, 2)
+        assert (taken == 1).all() and queue[0] == n + 2  # each worker's last take is past the end

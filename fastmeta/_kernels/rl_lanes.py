@@ -35,6 +35,7 @@ from numba.extending import intrinsic
 
 from ._config import jit, sized
 from .rl_batched import scaled_energy
+from .work_queue import take_next
 
 LANES = 32
 """Tasks per block. Every inner loop runs over the lanes, so more lanes spread each loop's
@@ -381,15 +382,19 @@ def one_block(P, r, init, gamma, z0, pi, inv_tau, eta, want_grad, lu_main, M_i, 
 
 
 @jit
-def _block_range(buf, n, z0, pi, inv_tau, eta, want_grad, lo, hi, J_out, slots):
-    """Blocks lo..hi-1 of a lane-packed batch, one after the other, with one workspace."""
+def _block_queue(buf, n, z0, pi, inv_tau, eta, want_grad, queue, J_out, slots):
+    """Blocks of a lane-packed batch taken one after the other from ``queue`` (see ``work_queue``), one workspace."""
     S, A, W = pi.shape
     lu_main = np.empty((S, S, W))
     M_i = np.empty((S, S, W))
     vecs = np.empty((5, S, W))
     mats = np.empty((7, S, A, W))
     lane = np.empty((3, W))
-    for b in range(lo, hi):
+    n_blocks = (n + W - 1) // W
+    while True:
+        b = take_next(queue)
+        if b >= n_blocks:
+            break
         P, r, init, gamma = block_views(buf, b, S, A)
         t0 = b * W
         t1 = min(t0 + W, n)
@@ -398,16 +403,15 @@ def _block_range(buf, n, z0, pi, inv_tau, eta, want_grad, lo, hi, J_out, slots):
 
 
 @sized
-def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_chunks, grad_out):
+def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_workers, grad_out):
     """A lane-packed batch of n tasks: returns sum_i J_i, and grad_out = sum_i dL_i/df if ``want_grad``.
 
     ``rl_batched.batch_meta_grad`` for a batch packed by lanes (``fastmeta._rl_batch``):
-    the blocks run in parallel over ``n_chunks`` contiguous chunks of blocks (the split
-    only decides which thread computes a block), the sums serially in task order.
+    ``n_workers`` threads take the blocks one at a time from a shared counter (which
+    thread computes a block changes nothing), the sums run serially in task order.
     """
     S, A = pi.shape
     W = LANES
-    n_blocks = (n + W - 1) // W
     z0 = np.empty((S, A))
     scaled_energy(f, inv_tau, z0)
     pi_lanes = np.empty((S, A, W))  # the main policy, the same in every lane
@@ -417,9 +421,9 @@ def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_chunks, grad_out):
                 pi_lanes[s, a, w] = pi[s, a]
     J_out = np.empty(n)
     slots = np.empty((n if want_grad else 1, S, A))
-    for c in prange(n_chunks):
-        _block_range(buf, n, z0, pi_lanes, inv_tau, eta, want_grad, c * n_blocks // n_chunks,
-                     (c + 1) * n_blocks // n_chunks, J_out, slots)
+    queue = np.zeros(1, dtype=np.int64)
+    for _ in prange(n_workers):
+        _block_queue(buf, n, z0, pi_lanes, inv_tau, eta, want_grad, queue, J_out, slots)
     total = 0.0
     for i in range(n):
         total += J_out[i]
