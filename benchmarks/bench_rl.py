@@ -240,6 +240,35 @@ class ManyTasksRL:
         self.meta.value_and_grad(self.theta)
 
 
+class ManyTasksLayoutRL:
+    """The batched path's two layouts side by side: tasks by lanes (blocks of 16 in lockstep) or one by one.
+
+    By lanes is the default from 8 tasks of at most 32 states (``fastmeta._rl_batch``);
+    the ratio of the two is the gain of computing the tasks in lockstep.
+    """
+
+    number = 1
+    warmup_time = 0.0
+    params = [[16, 32], [8, 64, 1024], ["lanes", "one by one"]]
+    param_names = ["n_states", "n_tasks", "layout"]
+    repeat = (3, 10, 20.0)
+    rounds = 1
+
+    def setup(self, n_states, n_tasks, layout):
+        from fastmeta import _rl_batch
+        saved = _rl_batch.LANES_MIN_TASKS
+        _rl_batch.LANES_MIN_TASKS = 1 if layout == "lanes" else 10**9
+        try:
+            self.meta, self.theta = _many_random(n_states, n_tasks)
+        finally:
+            _rl_batch.LANES_MIN_TASKS = saved
+        assert self.meta._units[0].lanes == (layout == "lanes")
+        self.meta.value_and_grad(self.theta)
+
+    def time_value_and_grad(self, n_states, n_tasks, layout):
+        self.meta.value_and_grad(self.theta)
+
+
 class SeparateKernelsRL(_FastmetaRL):
     """Gridworld 10^5 with every task's kernel a separate (equal) matrix: found equal by fingerprint."""
 

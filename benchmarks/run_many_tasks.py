@@ -128,6 +128,8 @@ def worker_scaling(S: int, ns: list[int]) -> None:
 
 
 def worker_overhead(repeats: int) -> None:
+    import numpy as np
+
     import fastmeta
     from benchmarks.baselines import problem_arrays
     from benchmarks.baselines.jax_vmap_rl import JaxVmapMetaRL
@@ -137,6 +139,13 @@ def worker_overhead(repeats: int) -> None:
     _emit(kind="overhead", impl="fastmeta gradient", times=_timed(lambda: meta.gradient(theta), repeats))
     _emit(kind="overhead", impl="fastmeta theta validation",
           times=_timed(lambda: meta.model.check_params(theta, "MetaRL"), repeats))
+    # the task's arithmetic: the one compiled call of the batch, at the energy and policy of theta
+    (batch,) = meta._units
+    f = meta.model.energy(theta)
+    pi = meta._main_policy(f)
+    grad = np.empty(f.shape)
+    _emit(kind="overhead", impl="fastmeta batch call alone (the task's arithmetic)",
+          times=_timed(lambda: batch.kernel(*batch.data, f, pi, 1.0, 1.0, True, batch.n_workers(), grad), repeats))
     jx = JaxVmapMetaRL(problem_arrays(tasks, phi))
     jx.value_and_grad(theta)
     _emit(kind="overhead", impl="jax value_and_grad", times=_timed(lambda: jx.value_and_grad(theta), repeats))

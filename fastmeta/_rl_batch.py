@@ -3,9 +3,11 @@
 A batch is built once, when :class:`fastmeta.MetaRL` is constructed: its kernels
 (one copy per distinct content), groups (kernel, discount) and tasks' r and zeta
 are packed into flat arrays, so that a call costs a fixed amount of Python work
-however many tasks it holds. Batches are capped in memory (``BATCH_BYTES``): the
-main-effect LU factors of every shared group and the per-task gradient slots of a
-batch are dense, S x S and S x A each.
+however many tasks it holds. Batches of at least ``LANES_MIN_TASKS`` tasks with at
+most ``DENSE_KERNEL_MAX_STATES`` states are also packed by lanes (``_kernels/rl_lanes``:
+blocks of tasks computed in lockstep, each task's arithmetic in its order). Batches are
+capped in memory (``BATCH_BYTES``): the main-effect LU factors of every shared group
+and the per-task gradient slots of a batch are dense, S x S and S x A each.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from ._kernels import _config
 from ._kernels import rl as _k
 from ._kernels import rl_batched as _kb
+from ._kernels import rl_lanes as _kl
 from .mdp import TabularMDP
 
 BATCH_BYTES = 64 * 2**20
@@ -27,15 +30,21 @@ DENSE_KERNEL_MAX_STATES = 32
 """Batches of tasks with at most this many states also keep each kernel as a dense S*A x S array.
 
 Bellman backups, M = I - gamma P_pi and P^T w then run over contiguous rows that the
-compiler vectorises, instead of gathering through CSR indices one entry at a time."""
+compiler vectorises, instead of gathering through CSR indices one entry at a time. Such batches
+of at least ``LANES_MIN_TASKS`` tasks are computed by lanes instead."""
 
+LANES_MIN_TASKS = _kl.LANES // 2
+"""Smallest batch computed by lanes: a block costs the same however many of its lanes are
+used, and from half a block on it is faster than the tasks one by one (one thread, a
+block of 32 lanes against one task: S = 16 92 / 10 us, S = 32 400 / 23 us)."""
 
 class _Batch:
     """Tasks computed together; ``tasks`` lists their indices in the meta-problem, in batch order.
 
     Everything a call needs is packed into two arrays, ``ints`` and ``floats`` (layout in
-    :func:`fastmeta._kernels.rl_batched.unpack`): a compiled call costs about 0.2 us per
-    array argument to dispatch, so a call passes two instead of a dozen.
+    :func:`fastmeta._kernels.rl_batched.unpack`), or, for a batch by lanes, into one
+    (:func:`pack_lanes`): a compiled call costs about 0.2 us per array argument to
+    dispatch, so a call passes two instead of a dozen. ``kernel(*data, ...)`` is the call.
     """
 
     def __init__(self, tasks: Sequence[TabularMDP], indices: Sequence[int]):
@@ -66,7 +75,9 @@ class _Batch:
         nnz = np.array([P.nnz for P in kernels], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(nnz)])
         indptr = [np.asarray(P.indptr[:-1], dtype=np.int64) + off for P, off in zip(kernels, offsets)]
-        dense = S <= DENSE_KERNEL_MAX_STATES
+        # By lanes, each task carries its own dense kernel: the batch-wide dense copies are not needed.
+        self.lanes = S <= DENSE_KERNEL_MAX_STATES and n >= LANES_MIN_TASKS
+        dense = S <= DENSE_KERNEL_MAX_STATES and not self.lanes
         header = np.array([n, G, len(kernels), offsets[-1], shared.size, int(dense)], dtype=np.int64)
         assert header.size == _kb.HEADER
         self.ints = np.concatenate([header, *indptr, offsets[-1:]] + [np.asarray(P.indices, dtype=np.int64)
@@ -77,18 +88,22 @@ class _Batch:
                                      + [t.r.ravel() for t in tasks] + [t.init for t in tasks]
                                      + ([P.toarray().ravel() for P in kernels] if dense else []))
         self.n_kernels, self.n_groups, self.n_shared = len(kernels), G, int(shared.size)
-        self._parallel = n >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
+        self._units_of_work = -(-n // _kl.LANES) if self.lanes else n  # blocks or tasks
+        self._parallel = self._units_of_work >= 2 and n * S ** 3 >= _config.BATCH_PARALLEL_MIN_WORK
+        # The compiled call and its first two arguments: kernel(*data, f, pi, inv_tau, eta, want_grad, workers, grad).
+        twins = _kl.lanes_meta_grad if self.lanes else _kb.batch_meta_grad
+        self.kernel = twins.parallel if self._parallel else twins.serial
+        self.data = (pack_lanes(tasks), n) if self.lanes else (self.ints, self.floats)
 
-    def n_chunks(self) -> int:
-        """Chunks of tasks of a parallel call: a few per thread balance the load (one workspace each)."""
-        return min(len(self.tasks), 4 * numba.get_num_threads()) if self._parallel else 1
+    def n_workers(self) -> int:
+        """Threads of a call: they take the blocks (by lanes) or tasks one at a time, one workspace each."""
+        return min(self._units_of_work, numba.get_num_threads()) if self._parallel else 1
 
     def run(self, f: np.ndarray, pi: np.ndarray, inv_tau: float, eta: float,
             want_grad: bool) -> tuple[float, np.ndarray | None]:
         """(sum of J_i, sum of dL_i/df or None) over the batch's tasks, in batch order."""
         grad = np.empty(self.shape) if want_grad else np.empty((0, 0))
-        kernel = _kb.batch_meta_grad.parallel if self._parallel else _kb.batch_meta_grad.serial
-        total = kernel(self.ints, self.floats, f, pi, inv_tau, eta, want_grad, self.n_chunks(), grad)
+        total = self.kernel(*self.data, f, pi, inv_tau, eta, want_grad, self.n_workers(), grad)
         return total, (grad if want_grad else None)
 
     def linear_runner(self, phi: np.ndarray, n_total: int) -> "LinearRunner":
@@ -138,7 +153,6 @@ class LinearRunner:
         self.energy = _k.linear_energy.parallel if big else _k.linear_energy.serial
         self.vjp = _k.linear_energy_vjp.parallel if big else _k.linear_energy_vjp.serial
         self.softmax = _k.softmax_policy.parallel if S * A >= _config.PARALLEL_MIN_SIZE else _k.softmax_policy.serial
-        self.kernel = _kb.batch_meta_grad.parallel if batch._parallel else _kb.batch_meta_grad.serial
 
     def __call__(self, theta: np.ndarray, inv_tau: float, eta: float,
                  want_grad: bool) -> tuple[float, np.ndarray | None] | None:
@@ -150,8 +164,8 @@ class LinearRunner:
         pi = np.empty((S, A))
         self.softmax(f, inv_tau, f, 0.0, pi)
         grad = np.empty((S, A)) if want_grad else np.empty((0, 0))
-        total = self.kernel(self.batch.ints, self.batch.floats, f, pi, inv_tau, eta, want_grad,
-                            self.batch.n_chunks(), grad)
+        batch = self.batch
+        total = batch.kernel(*batch.data, f, pi, inv_tau, eta, want_grad, batch.n_workers(), grad)
         value = total / self.n_total  # rl.mean_of_sums
         # A non-finite f shows in L (a NaN policy) or in the gradient.
         if not math.isfinite(value):
@@ -161,7 +175,33 @@ class LinearRunner:
         grad /= self.n_total
         out = np.empty(self.phi.shape[2])
         self.vjp(self.phi, grad, out)
-        return (value, out) if np.isfinite(out).all() else None
+        return (value, out) if _kb.all_finite(out) else None
+
+
+def pack_lanes(tasks: Sequence[TabularMDP]) -> np.ndarray:
+    """The tasks packed by lanes (layout in :func:`fastmeta._kernels.rl_lanes.block_views`).
+
+    Block b holds tasks ``b*LANES ..``, task index innermost; the last block's unused
+    lanes hold a copy of its first task (a valid MDP: no division by zero in lanes whose
+    results are not read). Filled block by block, so packing needs one block of
+    temporary memory beyond the result.
+    """
+    W = _kl.LANES
+    S, A = tasks[0].shape
+    n = len(tasks)
+    n_blocks = -(-n // W)
+    parts = (S * A * S, S * A, S, 1)  # per lane: P, r, init, gamma
+    out = np.empty((n_blocks, sum(parts) * W))
+    for b in range(n_blocks):
+        lanes = [tasks[i if i < n else b * W] for i in range(b * W, b * W + W)]
+        fields = ([t.P.toarray() for t in lanes], [t.r for t in lanes], [t.init for t in lanes],
+                  [np.float64(t.gamma) for t in lanes])
+        o = 0
+        for size, values in zip(parts, fields):
+            # (W, size) -> (size, W): the lane index innermost
+            out[b, o:o + size * W] = np.stack(values).reshape(W, size).T.ravel()
+            o += size * W
+    return out.ravel()
 
 
 def make_batches(tasks: Sequence[TabularMDP], groups: Sequence[Sequence[int]]) -> list[_Batch]:

@@ -8,6 +8,7 @@ from fastmeta import LinearEnergy, MetaRL, TabularMDP
 from fastmeta import _rl_batch
 from fastmeta._kernels import rl as k
 from fastmeta._kernels import rl_batched as kb
+from fastmeta._kernels import rl_lanes as kl
 
 from . import naive
 from .conftest import random_dense_tasks
@@ -121,9 +122,11 @@ def test_batches_are_capped_in_memory(monkeypatch):
     np.testing.assert_allclose(split.gradient(theta), whole.gradient(theta), rtol=1e-12)
 
 
-def test_batch_stores_each_kernel_once():
+def test_batch_stores_each_kernel_once(monkeypatch):
+    monkeypatch.setattr(_rl_batch, "LANES_MIN_TASKS", 10**9)  # the task-by-task layout
     tasks, raw = mixed_tasks(n=9, seed=14)
     (batch,) = MetaRL(tasks, LinearEnergy(np.ones((5, 3, 1))), solver="batched")._units
+    assert not batch.lanes
     indptr, indices, data, group_kernel, group_slot, *_, Pd = kb.unpack(batch.ints, batch.floats, 5, 3)
     assert (batch.n_kernels, indptr.size, Pd.shape) == (3, 3 * 5 * 3 + 1, (3, 5 * 3, 5))
     assert group_kernel.size == 6  # 3 kernels x 2 discounts
@@ -159,15 +162,18 @@ def _all_solver_results(tasks, phi, theta):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 def test_parallel_twins_give_the_same_bits_for_1_and_2_threads(force_parallel):
-    tasks, phi = fastmeta.tasks.random_mdps(9, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
+    tasks, phi = fastmeta.tasks.random_mdps(39, 30, 3, k=3, gamma=0.9, n_features=6, seed=16)
     tasks += [TabularMDP(tasks[0].P.copy(), tasks[3].r, 0.7, tasks[4].init)]
     theta = np.random.default_rng(17).normal(size=6)
+    # 40 tasks: by lanes (two blocks); 3 tasks: the task-by-task batch layout
+    assert MetaRL(tasks, LinearEnergy(phi))._units[0].lanes and not MetaRL(tasks[:3], LinearEnergy(phi))._units[0].lanes
     old = numba.get_num_threads()
     try:
         out = {}
         for threads in (1, 2):
             numba.set_num_threads(threads)
-            out[threads] = _all_solver_results(tasks, phi, theta)
+            out[threads] = {**_all_solver_results(tasks, phi, theta),
+                            "batched, 3 tasks": _all_solver_results(tasks[:3], phi, theta)["batched"]}
     finally:
         numba.set_num_threads(old)
     for solver, (L, g) in out[1].items():
@@ -178,7 +184,7 @@ def test_parallel_twins_give_the_same_bits_for_1_and_2_threads(force_parallel):
                  "fill_policy_matrix", "chunked_dot", "add_own_term", "add_meta_term", "centred_advantage", "scale_rows",
                  "linear_energy", "linear_energy_vjp"):
         assert getattr(k, name).parallel.signatures, name
-    assert kb.batch_meta_grad.parallel.signatures
+    assert kb.batch_meta_grad.parallel.signatures and kl.lanes_meta_grad.parallel.signatures
 
 
 def test_parallel_and_serial_twins_agree_bit_for_bit(monkeypatch):
@@ -329,3 +335,147 @@ def test_every_kernel_states_its_numba_options():
                     assert "fastmath" in dispatcher.targetoptions, (info.name, name)
                     seen += 1
     assert seen > 30
+
+
+# ------------------------------------------------------------------ batches computed by lanes
+def _batched_by(tasks, phi, lanes, **kw):
+    """A batched MetaRL whose batch is computed by lanes (or task by task)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_rl_batch, "LANES_MIN_TASKS", 1 if lanes else 10**9)
+        meta = MetaRL(tasks, LinearEnergy(phi), solver="batched", **kw)
+    assert all(unit.lanes == lanes for unit in meta._units)
+    return meta
+
+
+@pytest.mark.parametrize("n", [1, 7, 17, 500])
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_lanes_match_the_oracle_and_the_task_by_task_batch(n, sparse_input):
+    """Per-task gamma and init, kernels shared by value or not, a partly filled last block."""
+    S, A = (3, 2) if n == 500 else (5, 3)
+    tasks, raw = mixed_tasks(S=S, A=A, n=n, seed=40 + n, sparse_input=sparse_input)
+    rng = np.random.default_rng(41)
+    phi, theta = rng.normal(size=(S, A, 4)), rng.normal(size=4)
+    lanes = _batched_by(tasks, phi, True, tau=0.7, eta=1.3)
+    L, g = lanes.value_and_grad(theta)
+    assert L == pytest.approx(naive.meta_objective(raw, phi, theta, 0.7, 1.3), rel=1e-12)
+    np.testing.assert_allclose(g, naive.meta_gradient(raw, phi, theta, 0.7, 1.3), rtol=1e-9, atol=1e-12)
+    one_by_one = _batched_by(tasks, phi, False, tau=0.7, eta=1.3)
+    # every lane performs its task's operations in the task-by-task order
+    assert one_by_one.objective(theta) == pytest.approx(lanes.objective(theta), rel=1e-14, abs=0)
+    np.testing.assert_allclose(lanes.grad_energy(theta), one_by_one.grad_energy(theta), rtol=1e-13, atol=1e-16)
+    assert lanes.objective(theta) == L
+    if n <= 17:  # trace: the task-by-task arithmetic of each task of a batch by lanes
+        total = sum(lanes.trace(theta, task=i).grad_energy for i in range(n))
+        np.testing.assert_allclose(total / n, lanes.grad_energy(theta), rtol=1e-12, atol=1e-15)
+
+
+def test_lanes_match_the_per_task_path_on_rl2_tasks():
+    tasks, phi = fastmeta.tasks.random_mdps(40, 24, 4, k=4, gamma=0.97, n_features=8, seed=42)
+    tasks += [TabularMDP(tasks[0].P.copy(), tasks[1].r, 0.6, tasks[2].init)]  # shares task 0's kernel by value
+    theta = np.random.default_rng(43).normal(size=8)
+    meta = MetaRL(tasks, LinearEnergy(phi), tau=0.9, eta=1.7)  # "auto": by lanes
+    assert meta._units[0].lanes and meta._fused_batch is not None
+    L, g = meta.value_and_grad(theta)
+    L0, g0 = MetaRL(tasks, LinearEnergy(phi), tau=0.9, eta=1.7, solver="splu").value_and_grad(theta)
+    assert L == pytest.approx(L0, rel=1e-11)
+    np.testing.assert_allclose(g, g0, rtol=1e-8, atol=1e-12 * np.abs(g0).max())
+    assert L == _general_path(meta, theta)[0]
+
+
+def test_lanes_for_extreme_settings_keep_exact_zeros_and_finite_values():
+    """Saturated policies (tiny tau) and eta = 0: the lanes skip exact zeros as the task-by-task kernel does."""
+    tasks, raw = mixed_tasks(n=9, seed=44)
+    phi, theta = np.random.default_rng(45).normal(size=(5, 3, 4)), np.random.default_rng(46).normal(size=4)
+    for tau, eta in ((1e-8, 1.0), (1.0, 0.0), (1e-300, 2.0)):
+        a = _batched_by(tasks, phi, True, tau=tau, eta=eta).grad_energy(theta)
+        b = _batched_by(tasks, phi, False, tau=tau, eta=eta).grad_energy(theta)
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(a == 0.0, b == 0.0)
+
+
+def test_lane_packing_puts_each_task_in_its_lane():
+    tasks, raw = mixed_tasks(n=kl.LANES + 3, seed=47)
+    buf = _rl_batch.pack_lanes(tasks)
+    S, A = 5, 3
+    W = kl.LANES
+    assert buf.size == 2 * W * (S * A * S + S * A + S + 1)
+    for i in range(2 * W):
+        b, w = divmod(i, W)
+        task = tasks[i] if i < len(tasks) else tasks[b * W]  # unused lanes: the block's first task
+        P, r, init, gamma = kl.block_views(buf, b, S, A)
+        np.testing.assert_array_equal(P[:, :, w], task.P.toarray())
+        np.testing.assert_array_equal(r[:, :, w], task.r)
+        np.testing.assert_array_equal(init[:, w], task.init)
+        assert gamma[w] == task.gamma
+
+
+def test_auto_computes_by_lanes_from_half_a_block_of_small_tasks():
+    tasks, raw = mixed_tasks(n=_rl_batch.LANES_MIN_TASKS, seed=48)
+    phi = np.ones((5, 3, 1))
+    assert MetaRL(tasks, LinearEnergy(phi))._units[0].lanes
+    assert not MetaRL(tasks[:-1], LinearEnergy(phi))._units[0].lanes
+    big, phi = fastmeta.tasks.random_mdps(8, _rl_batch.DENSE_KERNEL_MAX_STATES + 1, 2, k=2, n_features=2, seed=0)
+    assert not MetaRL(big, LinearEnergy(phi))._units[0].lanes
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_lanes_give_the_same_bits_for_1_and_2_threads_and_both_twins(force_parallel, numba_threads):
+    tasks, raw = mixed_tasks(n=3 * kl.LANES + 5, seed=49)
+    phi, theta = np.random.default_rng(50).normal(size=(5, 3, 4)), np.random.default_rng(51).normal(size=4)
+    meta = MetaRL(tasks, LinearEnergy(phi))
+    assert meta._units[0].lanes and meta._units[0].kernel is kl.lanes_meta_grad.parallel
+    out = []
+    for threads in (1, 2, 1):
+        numba_threads(threads)
+        out.append(meta.value_and_grad(theta))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastmeta._kernels._config, "BATCH_PARALLEL_MIN_WORK", 10**18)
+        serial = MetaRL(tasks, LinearEnergy(phi))
+    assert serial._units[0].kernel is kl.lanes_meta_grad.serial
+    out.append(serial.value_and_grad(theta))
+    for L, g in out[1:]:
+        assert L == out[0][0]
+        np.testing.assert_array_equal(g, out[0][1])
+
+
+def test_vectorised_exp_is_within_2_ulp_of_the_c_library_with_the_same_zeros():
+    rng = np.random.default_rng(52)
+    x = np.concatenate([-rng.random(20_000) * 800, -rng.random(20_000) * 2, -rng.random(1000) * 1e-12,
+                        [0.0, -0.0, -745.1, -745.2, -708.4, -708.3, -1e-300, -np.inf]])
+    got = np.array([kl.exp_nonpositive(v) for v in x])
+    want = np.exp(x)
+    np.testing.assert_array_equal(got == 0.0, want == 0.0)
+    normal = want >= np.finfo(float).tiny
+    np.testing.assert_array_less(np.abs(got - want)[normal], 2.01 * np.spacing(want[normal]))
+    assert np.abs(got - want)[~normal].max() <= 5e-324  # subnormals: within one of their units
+    assert np.isnan(kl.exp_nonpositive(np.nan)) and kl.exp_nonpositive(-np.inf) == 0.0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_the_work_queue_hands_out_every_item_once(numba_threads):
+    """As the batch kernels use it: the counter made in the parallel function, taken from in a callee."""
+    from numba import njit, prange
+
+    from fastmeta._kernels.work_queue import take_next
+
+    @njit
+    def worker(queue, taken):
+        while True:
+            i = take_next(queue)
+            if i >= taken.size:
+                return
+            taken[i] += 1
+
+    @njit(parallel=True)
+    def drain(n, workers):
+        queue = np.zeros(1, dtype=np.int64)
+        taken = np.zeros(n, dtype=np.int64)
+        for _ in prange(workers):
+            worker(queue, taken)
+        return taken, queue
+
+    numba_threads(2)
+    for n in (0, 1, 7, 10_000):
+        taken, queue = drain(n, 2)
+        assert (taken == 1).all() and queue[0] == n + 2  # each worker's last take is past the end
