@@ -369,6 +369,25 @@ def _task_queue(ints, floats, z0, pi, inv_tau, eta, want_grad, queue, lu_shared,
                             xi, slots[i if want_grad else 0], tmp)
 
 
+@jit
+def sum_in_task_order(J_out, slots, want_grad, grad_out):
+    """sum_i J_out[i], and grad_out = sum_i slots[i] with want_grad: in task order, whatever
+    thread computed which task (the batch kernels' results do not depend on the thread count)."""
+    n = J_out.size
+    total = 0.0
+    for i in range(n):
+        total += J_out[i]
+    if want_grad:
+        size = grad_out.size
+        flat_out = grad_out.reshape(size)
+        flat = slots.reshape((n, size))
+        flat_out[:] = flat[0]
+        for i in range(1, n):
+            for p in range(size):
+                flat_out[p] += flat[i, p]
+    return total
+
+
 @sized
 def batch_meta_grad(ints, floats, f, pi, inv_tau, eta, want_grad, n_workers, grad_out):
     """A packed batch's tasks in one call: returns sum_i J_i, and grad_out = sum_i dL_i/df if ``want_grad``.
@@ -397,14 +416,4 @@ def batch_meta_grad(ints, floats, f, pi, inv_tau, eta, want_grad, n_workers, gra
     queue = np.zeros(1, dtype=np.int64)
     for _ in prange(n_workers):
         _task_queue(ints, floats, z0, pi, inv_tau, eta, want_grad, queue, lu_shared, J_out, slots)
-    total = 0.0
-    for i in range(n):
-        total += J_out[i]
-    if want_grad:
-        flat_out = grad_out.reshape(S * A)
-        flat = slots.reshape((n, S * A))
-        flat_out[:] = flat[0]
-        for i in range(1, n):
-            for p in range(S * A):
-                flat_out[p] += flat[i, p]
-    return total
+    return sum_in_task_order(J_out, slots, want_grad, grad_out)

@@ -34,7 +34,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._config import jit, sized
-from .rl_batched import scaled_energy
+from .rl_batched import scaled_energy, sum_in_task_order
 from .work_queue import take_next
 
 LANES = 32
@@ -424,14 +424,4 @@ def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_workers, grad_out)
     queue = np.zeros(1, dtype=np.int64)
     for _ in prange(n_workers):
         _block_queue(buf, n, z0, pi_lanes, inv_tau, eta, want_grad, queue, J_out, slots)
-    total = 0.0
-    for i in range(n):
-        total += J_out[i]
-    if want_grad:
-        flat_out = grad_out.reshape(S * A)
-        flat = slots.reshape((n, S * A))
-        flat_out[:] = flat[0]
-        for i in range(1, n):
-            for p in range(S * A):
-                flat_out[p] += flat[i, p]
-    return total
+    return sum_in_task_order(J_out, slots, want_grad, grad_out)
