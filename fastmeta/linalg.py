@@ -56,6 +56,7 @@ threads.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -531,6 +532,7 @@ class _Level:
         self.copy = getattr(_k.copy_rows, self.par)
         self.res_restrict = getattr(_k.residual_restrict, self.par)
         self.prolong = getattr(_k.prolong_add, self.par)
+        self.cast = getattr(_k.cast_copy, self.par)
         self.agg = self.ptr = self.members = None
 
 
@@ -635,9 +637,10 @@ class _Hierarchy:
         if work[0][0] is None:
             work[0][0], work[0][1] = np.empty(b.shape, self.dtype), np.empty(b.shape, self.dtype)
         b0, x0 = work[0][0], work[0][1]
-        _k.cast_copy(b, b0)
+        cast = self.levels[0].cast
+        cast(b, b0)
         self._cycle(0, b0, x0, work)
-        _k.cast_copy(x0, x)
+        cast(x0, x)
 
     def _smooth(self, lv, ops, b, x, xold, forward, zero=False):
         ip, ix, dv = ops
@@ -913,18 +916,22 @@ class KrylovSolver:
         else:
             hier.apply(v, out)
 
-    def _matvec(self, ops, X, Y):
-        """``Y = op X`` for the sparse matrix (Numba kernel) or the operator."""
+    @staticmethod
+    def _ops_kernels(ops, n, k):
+        """``(matvec(X, Y), residual(X, B, R))``: ``Y = op X`` and ``R = B - op X`` for the
+        operator, or for the sparse matrix with its (n, k) Numba kernels resolved once per
+        solve (at S ~ 1000 an iteration's arithmetic is ~0.1 ms: dispatch per call showed)."""
         if callable(ops):
-            Y[:] = ops(X).reshape(Y.shape)
-        else:
-            _k.csr_matvec(*ops, X, Y)
+            def matvec(X, Y):
+                Y[:] = ops(X).reshape(Y.shape)
 
-    def _residual(self, ops, X, B, R):
-        if callable(ops):
-            np.subtract(B, ops(X).reshape(B.shape), out=R)
-        else:
-            _k.csr_residual(*ops, X, B, R)
+            def residual(X, B, R):
+                np.subtract(B, ops(X).reshape(B.shape), out=R)
+            return matvec, residual
+        # serial or parallel as SizedKernel would pick (on the largest array)
+        side = "parallel" if max(ops[2].shape[0], n * k, n + 1) >= PARALLEL_MIN_SIZE else "serial"
+        return (functools.partial(getattr(_k.csr_matvec.at(k), side), *ops),
+                functools.partial(getattr(_k.csr_residual.at(k), side), *ops))
 
     def _gmres(self, B, X0, trans, vec):
         """Lockstep GMRES(m) for the columns of ``B`` (``(n, k)``, ``k <= KRYLOV_BLOCK``)."""
@@ -944,10 +951,15 @@ class KrylovSolver:
         n, k = B.shape
         V, Zs, R, part, h, h2, H, cs, sn, g, Y, nrm = (
             ws.V, ws.Zs, ws.R, ws.part, ws.h, ws.h2, ws.H, ws.cs, ws.sn, ws.g, ws.Y, ws.nrm)
-        # the orthogonalisation kernels' work is ~ j n k: pick serial/parallel on that
-        par = 8 * n * k >= PARALLEL_MIN_SIZE
-        dots = _k.col_dots.parallel if par else _k.col_dots.serial
-        lincomb = _k.col_lincomb_sub.parallel if par else _k.col_lincomb_sub.serial
+        # kernels resolved once per solve (serial or parallel, K columns); the
+        # orthogonalisation kernels' work is ~ j n k: pick serial/parallel on that
+        side = "parallel" if 8 * n * k >= PARALLEL_MIN_SIZE else "serial"
+        dots = getattr(_k.col_dots.at(k), side)
+        lincomb = getattr(_k.col_lincomb_sub.at(k), side)
+        scale = _k.col_scale.parallel if n * k >= PARALLEL_MIN_SIZE else _k.col_scale.serial
+        ops_matvec, ops_residual = self._ops_kernels(ops, n, k)
+        redo = np.empty(k, dtype=np.bool_)
+        alpha = np.empty(k)
         dots(V, 0, B, part, h)
         bnorm = np.sqrt(h[0])
         if not np.all(np.isfinite(bnorm)):
@@ -961,7 +973,7 @@ class KrylovSolver:
         for start in X0:
             Xc = np.array(start, dtype=np.float64, order="C")
             Xc[:, zero] = 0.0
-            self._residual(ops, Xc, B, Rc)
+            ops_residual(Xc, B, Rc)
             dots(V, 0, Rc, part, h)
             bc = np.sqrt(h[0])
             better = bc <= beta  # (NaN: not better)
@@ -978,54 +990,41 @@ class KrylovSolver:
         ks = np.zeros(k, dtype=np.int64)
         eta2 = DGKS_ETA ** 2
         while True:
-            active = ~(beta <= target) & ~zero  # NaN counts as not converged
-            if not active.any():
+            nactive = _k.gmres_restart(beta, target, zero, total, self.maxiter, g, live, ks, alpha)
+            if nactive == 0:
                 break
-            bad = active & ((total >= self.maxiter) | ~np.isfinite(beta))
-            if bad.any():
-                s = int(np.argmax(bad))
+            if nactive < 0:
+                s = -1 - nactive
                 self._fail(int(total[s]), float(beta[s] / bnorm[s]), trans, m)
-            _k.col_scale(R, np.where(active, 1.0 / np.where(active, beta, 1.0), 0.0), V[0])
             # (a NaN/inf residual was rejected above, so every live column is finite)
-            g[:] = 0.0
-            g[:, 0] = np.where(active, beta, 0.0)
-            live[:] = active
-            ks[:] = 0
+            scale(R, alpha, V[0])
             for j in range(m):
                 W = V[j + 1]
                 self._prec(V[j], Zs[j], trans)
-                self._matvec(ops, Zs[j], W)
+                ops_matvec(Zs[j], W)
                 # classical Gram-Schmidt, reorthogonalised (per column) only when
                 # the norm drops by more than DGKS_ETA (Daniel-Gragg-Kaufman-Stewart)
                 dots(V, j + 1, W, part, h)
-                w2 = h[j + 1].copy()
                 lincomb(V, j + 1, h, W, part, nrm)
-                redo = live & (nrm < eta2 * w2)
-                if redo.any():
+                if _k.dgks_redo(h, j, nrm, live, eta2, redo):
                     dots(V, j + 1, W, part, h2)
                     h2[:, ~redo] = 0.0
                     lincomb(V, j + 1, h2, W, part, nrm)
                     h[: j + 1] += h2[: j + 1]
-                hnext = np.sqrt(nrm)
-                h[j + 1] = hnext
-                _k.arnoldi_givens(H, cs, sn, g, j, h, live)
-                total += live
-                ks[live] = j + 1
+                nlive = _k.arnoldi_step(H, cs, sn, g, j, h, nrm, live, total, ks, beta, target,
+                                        self.maxiter, alpha)
                 if self.callback is not None:
                     est = np.abs(g[:, j + 1]) / np.where(zero, 1.0, bnorm)
                     self.callback(float(est[0]) if vec else est.copy())
-                breakdown = ~(hnext > 1e-14 * beta)  # also catches NaN
-                stop = live & (breakdown | (np.abs(g[:, j + 1]) <= target) | (total >= self.maxiter))
-                live &= ~stop
                 # stopped columns get a zero basis vector: they ride along at no risk
-                _k.col_scale(W, np.where(live, 1.0 / np.where(live, hnext, 1.0), 0.0), W)
-                if not live.any():
+                scale(W, alpha, W)
+                if nlive == 0:
                     break
             # x += B V y = Z y (the preconditioned vectors are kept: no extra cycle)
             _k.hessenberg_solve(H, g, ks, Y)
             np.negative(Y, out=Y)
             lincomb(Zs, int(ks.max()), Y, X, part, nrm)
-            self._residual(ops, X, B, R)
+            ops_residual(X, B, R)
             dots(V, 0, R, part, h)
             beta = np.sqrt(h[0])
         with np.errstate(invalid="ignore", divide="ignore"):

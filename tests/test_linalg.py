@@ -574,3 +574,70 @@ def test_pardiso_gives_the_same_bits_every_time():
             np.testing.assert_allclose(M.T @ out[3], B, atol=1e-10)
         assert all(np.array_equal(u, v) for u, v in zip(out, first))
         del f
+
+
+def test_arnoldi_step_against_numpy():
+    """The compiled GMRES step bookkeeping against the NumPy statements it replaced:
+    one system continues, one converges, one breaks down, one hits maxiter, one was stopped."""
+    from fastmeta._kernels import krylov as kk
+    rng = np.random.default_rng(21)
+    k, m, j = 5, 4, 2
+    H = rng.normal(size=(k, m + 1, m))
+    cs, sn = rng.normal(size=(k, m)), rng.normal(size=(k, m))
+    g = rng.normal(size=(k, m + 1))
+    g[1, j] = 1e-6  # system 1's new residual estimate falls below its target
+    h = rng.normal(size=(m + 2, k))
+    nrm = np.array([4.0, 1.0, 0.0, 2.0, 3.0])  # |w|^2: system 2 breaks down
+    live = np.array([True, True, True, True, False])
+    total = np.array([3, 3, 3, 9, 7])  # system 3 reaches maxiter
+    ks = np.array([2, 2, 2, 2, 1])
+    beta = np.full(k, 1.0)
+    target = np.array([1e-30, 1e-3, 1e-30, 1e-30, 1e-30])
+    maxiter = 10
+    rH, rcs, rsn, rg, rh, rlive, rtotal, rks = (a.copy() for a in (H, cs, sn, g, h, live, total, ks))
+    hnext = np.sqrt(nrm)
+    rh[j + 1] = hnext
+    kk.arnoldi_givens(rH, rcs, rsn, rg, j, rh, rlive)
+    rtotal += rlive
+    rks[rlive] = j + 1
+    breakdown = ~(hnext > 1e-14 * beta)
+    stop = rlive & (breakdown | (np.abs(rg[:, j + 1]) <= target) | (rtotal >= maxiter))
+    rlive &= ~stop
+    ralpha = np.where(rlive, 1.0 / np.where(rlive, hnext, 1.0), 0.0)
+    alpha = np.empty(k)
+    nlive = kk.arnoldi_step(H, cs, sn, g, j, h, nrm, live, total, ks, beta, target, maxiter, alpha)
+    for got, want in zip((H, cs, sn, g, h, live, total, ks, alpha),
+                         (rH, rcs, rsn, rg, rh, rlive, rtotal, rks, ralpha)):
+        np.testing.assert_array_equal(got, want)
+    assert list(live) == [True, False, False, False, False]  # converged, breakdown, maxiter, stopped before
+    assert nlive == 1 and alpha[0] == 0.5 and list(total) == [4, 4, 4, 10, 7] and ks[4] == 1
+
+
+def test_dgks_redo_flags_live_columns_that_lost_most_of_their_norm():
+    from fastmeta._kernels import krylov as kk
+    h = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])  # |w|^2 before the orthogonalisation (row j + 1)
+    nrm = np.array([1.0, 3.0, 1.0])  # after: columns 0 and 2 lost more than half
+    eta2 = linalg.DGKS_ETA ** 2
+    redo = np.empty(3, dtype=np.bool_)
+    assert kk.dgks_redo(h, 0, nrm, np.array([True, True, False]), eta2, redo)
+    assert list(redo) == [True, False, False]  # column 2 is not live
+    assert not kk.dgks_redo(h, 0, nrm, np.array([False, True, False]), eta2, redo)
+    assert not redo.any()
+
+
+def test_gmres_restart_starts_the_unconverged_systems_and_names_the_first_failure():
+    from fastmeta._kernels import krylov as kk
+    beta = np.array([2.0, 1e-12, 4.0, 0.0])  # system 1 converged, 3 is a zero right-hand side
+    target = np.full(4, 1e-10)
+    zero = np.array([False, False, False, True])
+    total = np.array([3, 3, 3, 0])
+    g, live, ks, alpha = np.ones((4, 6)), np.zeros(4, dtype=np.bool_), np.ones(4, dtype=np.int64), np.empty(4)
+    assert kk.gmres_restart(beta, target, zero, total, 10, g, live, ks, alpha) == 2
+    np.testing.assert_array_equal(live, [True, False, True, False])
+    np.testing.assert_array_equal(g[:, 0], [2.0, 0.0, 4.0, 0.0])
+    assert not g[:, 1:].any() and not ks.any()
+    np.testing.assert_array_equal(alpha, [0.5, 0.0, 0.25, 0.0])
+    assert kk.gmres_restart(np.array([1e-12, 1e-12, 1e-12, 0.0]), target, zero, total, 10, g, live, ks, alpha) == 0
+    # maxiter reached (system 2) and a NaN residual (system 0): the first one is named
+    assert kk.gmres_restart(beta, target, zero, np.array([3, 3, 10, 0]), 10, g, live, ks, alpha) == -3
+    assert kk.gmres_restart(np.array([np.nan, 1.0, 1.0, 0.0]), target, zero, total, 10, g, live, ks, alpha) == -1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import N_CHUNKS, jit, pjit, sized
+from ._config import N_CHUNKS, jit, sized
 
 
 # --------------------------------------------------------------------------
@@ -60,10 +60,15 @@ class _Side:
 
     def __init__(self, family: ColumnKernel, side: str):
         self._family, self._side = family, side
+        self._by_k = {}  # K -> dispatcher: one dict lookup per call (solver loops call these often)
 
     def __call__(self, *args):
         family = self._family
-        return getattr(family.at(args[family._block].shape[1]), self._side)(*args)
+        k = args[family._block].shape[1]
+        kernel = self._by_k.get(k)
+        if kernel is None:
+            kernel = self._by_k[k] = getattr(family.at(k), self._side)
+        return kernel(*args)
 
 
 def column_kernel(block: int):
@@ -503,6 +508,79 @@ def arnoldi_givens(H, cs, sn, g, j, hcol, live):  # pragma: no cover - numba
 
 
 @jit
+def gmres_restart(beta, target, zero, total, maxiter, g, live, ks, alpha):  # pragma: no cover - numba
+    """Start of a restart cycle for every system, from its residual norm ``beta``.
+
+    A system is active unless converged (``beta <= target``; NaN is not) or zero;
+    an active one gets ``g = (beta, 0, ...)``, ``live``, ``ks = 0`` and the scale
+    ``alpha = 1/beta`` of its first basis vector (0 for the others). Returns the
+    number of active systems, or ``-1 - s`` for the first active system ``s`` that
+    must fail (``maxiter`` iterations done, or a non-finite residual).
+    """
+    k = beta.shape[0]
+    for s in range(k):
+        if not (beta[s] <= target[s]) and not zero[s] and (total[s] >= maxiter or not np.isfinite(beta[s])):
+            return -1 - s
+    nactive = 0
+    for s in range(k):
+        active = not (beta[s] <= target[s]) and not zero[s]
+        live[s] = active
+        ks[s] = 0
+        for i in range(g.shape[1]):
+            g[s, i] = 0.0
+        if active:
+            g[s, 0] = beta[s]
+            alpha[s] = 1.0 / beta[s]
+            nactive += 1
+        else:
+            alpha[s] = 0.0
+    return nactive
+
+
+@jit
+def dgks_redo(h, j, nrm, live, eta2, redo):  # pragma: no cover - numba
+    """``redo[s]``: live system ``s`` lost more than ``1 - eta2`` of ``|w|^2`` to the
+    orthogonalisation (``h[j + 1, s]`` before, ``nrm[s]`` after); returns whether any did."""
+    anyredo = False
+    for s in range(nrm.shape[0]):
+        redo[s] = live[s] and nrm[s] < eta2 * h[j + 1, s]
+        anyredo = anyredo or redo[s]
+    return anyredo
+
+
+@jit
+def arnoldi_step(H, cs, sn, g, j, h, nrm, live, total, ks, beta, target, maxiter, alpha):  # pragma: no cover - numba
+    """The bookkeeping of GMRES step ``j`` after the orthogonalisation, for every system.
+
+    ``h[j + 1] = |w| = sqrt(nrm)``, Hessenberg column and Givens rotation
+    (:func:`arnoldi_givens`), iteration counts; a live system stops on breakdown
+    (``|w| <= 1e-14 beta``, NaN included), on convergence (``|g[j + 1]| <= target``)
+    or at ``maxiter``. ``alpha`` gets the scale of the next basis vector (``1/|w|``,
+    0 for a stopped system). Returns the number of systems still live.
+    """
+    k = nrm.shape[0]
+    for s in range(k):
+        h[j + 1, s] = np.sqrt(nrm[s])
+    arnoldi_givens(H, cs, sn, g, j, h, live)
+    nlive = 0
+    for s in range(k):
+        if not live[s]:
+            alpha[s] = 0.0
+            continue
+        total[s] += 1
+        ks[s] = j + 1
+        hnext = h[j + 1, s]
+        breakdown = not hnext > 1e-14 * beta[s]
+        if breakdown or abs(g[s, j + 1]) <= target[s] or total[s] >= maxiter:
+            live[s] = False
+            alpha[s] = 0.0
+        else:
+            alpha[s] = 1.0 / hnext
+            nlive += 1
+    return nlive
+
+
+@jit
 def hessenberg_solve(H, g, ks, Y):  # pragma: no cover - numba
     """``Y[:ks[s], s] = R_s^{-1} g_s[:ks[s]]`` (back substitution), zero below."""
     k = H.shape[0]
@@ -517,7 +595,7 @@ def hessenberg_solve(H, g, ks, Y):  # pragma: no cover - numba
             Y[i, s] = acc / H[s, i, i] if H[s, i, i] != 0.0 else 0.0
 
 
-@pjit
+@sized
 def gather(src, perm, out):  # pragma: no cover - numba
     """``out[k] = src[perm[k]]`` (values of a transposed pattern)."""
     for k in prange(out.shape[0]):
