@@ -149,10 +149,10 @@ class LinearRunner:
     def __init__(self, batch: _Batch, phi: np.ndarray, n_total: int):
         S, A, _ = phi.shape
         self.batch, self.phi, self.n_total = batch, phi, n_total
-        big = phi.size >= _config.PARALLEL_MIN_SIZE  # the twin each SizedKernel picks for these arrays
-        self.energy = _k.linear_energy.parallel if big else _k.linear_energy.serial
-        self.vjp = _k.linear_energy_vjp.parallel if big else _k.linear_energy_vjp.serial
-        self.softmax = _k.softmax_policy.parallel if S * A >= _config.PARALLEL_MIN_SIZE else _k.softmax_policy.serial
+        # the twin each SizedKernel picks for these arrays (phi is the largest argument)
+        self.energy = _k.linear_energy.for_size(phi.size)
+        self.vjp = _k.linear_energy_vjp.for_size(phi.size)
+        self.softmax = _k.softmax_policy.for_size(S * A)
 
     def __call__(self, theta: np.ndarray, inv_tau: float, eta: float,
                  want_grad: bool) -> tuple[float, np.ndarray | None] | None:

@@ -928,10 +928,9 @@ class KrylovSolver:
             def residual(X, B, R):
                 np.subtract(B, ops(X).reshape(B.shape), out=R)
             return matvec, residual
-        # serial or parallel as SizedKernel would pick (on the largest array)
-        side = "parallel" if max(ops[2].shape[0], n * k, n + 1) >= PARALLEL_MIN_SIZE else "serial"
-        return (functools.partial(getattr(_k.csr_matvec.at(k), side), *ops),
-                functools.partial(getattr(_k.csr_residual.at(k), side), *ops))
+        size = max(ops[2].shape[0], n * k, n + 1)  # the largest array argument
+        return (functools.partial(_k.csr_matvec.at(k).for_size(size), *ops),
+                functools.partial(_k.csr_residual.at(k).for_size(size), *ops))
 
     def _gmres(self, B, X0, trans, vec):
         """Lockstep GMRES(m) for the columns of ``B`` (``(n, k)``, ``k <= KRYLOV_BLOCK``)."""
@@ -953,10 +952,9 @@ class KrylovSolver:
             ws.V, ws.Zs, ws.R, ws.part, ws.h, ws.h2, ws.H, ws.cs, ws.sn, ws.g, ws.Y, ws.nrm)
         # kernels resolved once per solve (serial or parallel, K columns); the
         # orthogonalisation kernels' work is ~ j n k: pick serial/parallel on that
-        side = "parallel" if 8 * n * k >= PARALLEL_MIN_SIZE else "serial"
-        dots = getattr(_k.col_dots.at(k), side)
-        lincomb = getattr(_k.col_lincomb_sub.at(k), side)
-        scale = _k.col_scale.parallel if n * k >= PARALLEL_MIN_SIZE else _k.col_scale.serial
+        dots = _k.col_dots.at(k).for_size(8 * n * k)
+        lincomb = _k.col_lincomb_sub.at(k).for_size(8 * n * k)
+        scale = _k.col_scale.for_size(n * k)
         ops_matvec, ops_residual = self._ops_kernels(ops, n, k)
         redo = np.empty(k, dtype=np.bool_)
         alpha = np.empty(k)

@@ -79,10 +79,14 @@ class SizedKernel:
         self.__doc__, self.__name__ = fn.__doc__, fn.__name__
         functools.update_wrapper(self, fn)
 
+    def for_size(self, size: int):
+        """The version a call runs whose largest array argument has ``size`` elements (callers
+        on a hot path pick it once, with the rule every call uses)."""
+        return self.parallel if size >= PARALLEL_MIN_SIZE else self.serial
+
     def __call__(self, *args):
         size = max((a.size for a in args if hasattr(a, "size") and hasattr(a, "shape")), default=0)
-        kernel = self.parallel if size >= PARALLEL_MIN_SIZE else self.serial
-        return kernel(*args)
+        return self.for_size(size)(*args)
 
 
 def sized(fn) -> SizedKernel:
