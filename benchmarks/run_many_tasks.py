@@ -128,6 +128,8 @@ def worker_scaling(S: int, ns: list[int]) -> None:
 
 
 def worker_overhead(repeats: int) -> None:
+    """One task, S = 10: the call and its parts, interleaved in rounds (each figure a median of
+    per-round medians, so a change in the machine's speed during the run hits every part alike)."""
     import numpy as np
 
     import fastmeta
@@ -136,19 +138,32 @@ def worker_overhead(repeats: int) -> None:
     tasks, phi, theta = _random_problem(10, 1)
     meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi))
     meta.gradient(theta)
-    _emit(kind="overhead", impl="fastmeta gradient", times=_timed(lambda: meta.gradient(theta), repeats))
-    _emit(kind="overhead", impl="fastmeta theta validation",
-          times=_timed(lambda: meta.model.check_params(theta, "MetaRL"), repeats))
-    # the task's arithmetic: the one compiled call of the batch, at the energy and policy of theta
-    (batch,) = meta._units
+    runner = meta._fused_batch
+    batch = runner.batch
     f = meta.model.energy(theta)
     pi = meta._main_policy(f)
-    grad = np.empty(f.shape)
-    _emit(kind="overhead", impl="fastmeta batch call alone (the task's arithmetic)",
-          times=_timed(lambda: batch.kernel(*batch.data, f, pi, 1.0, 1.0, True, batch.n_workers(), grad), repeats))
+    grad, out = np.empty(f.shape), np.empty(phi.shape[2])
     jx = JaxVmapMetaRL(problem_arrays(tasks, phi))
     jx.value_and_grad(theta)
-    _emit(kind="overhead", impl="jax value_and_grad", times=_timed(lambda: jx.value_and_grad(theta), repeats))
+    calls = {
+        "fastmeta gradient": lambda: meta.gradient(theta),
+        "fastmeta objective": lambda: meta.objective(theta),
+        "fastmeta theta validation": lambda: meta.model.check_params(theta, "MetaRL"),
+        # everything after the validation: energy, policy, the task, mean, vjp, finiteness check
+        "fastmeta one compiled call (energy to vjp)": lambda: runner.one_call(
+            phi, theta, *batch.data, 1.0, 1.0, True, 1, out),
+        # the task's arithmetic alone, at the energy and policy of theta
+        "fastmeta batch kernel alone (the task's arithmetic)": lambda: batch.kernel(
+            *batch.data, f, pi, 1.0, 1.0, True, batch.n_workers(), grad),
+        "jax value_and_grad": lambda: jx.value_and_grad(theta),
+    }
+    per_round = max(1, repeats // 20)
+    medians = {name: [] for name in calls}
+    for r in range(20):
+        for name in (calls if r % 2 == 0 else list(calls)[::-1]):
+            medians[name].append(float(np.median(_timed(calls[name], per_round))))
+    for name, times in medians.items():
+        _emit(kind="overhead", impl=name, times=times)
 
 
 def worker_parallel_tasks(S: int, n: int, repeats: int) -> None:
@@ -264,6 +279,11 @@ def render(results: dict, info: dict) -> str:
         res = results["overhead"]
         lines += ["## Per-call overhead: one task, S = 10, A = 4, d = 16\n", "| call | median |", "|---|---|"]
         lines += [f"| {r['impl']} | {r['times'] and _median(r['times']) * 1e6:.1f} us |" for r in res["rows"]]
+        med = {r["impl"]: _median(r["times"]) * 1e6 for r in res["rows"] if r["times"]}
+        whole, one = med.get("fastmeta gradient"), med.get("fastmeta one compiled call (energy to vjp)")
+        if whole and one:
+            lines.append(f"| the call's Python: gradient - one compiled call (validation included) | "
+                         f"{whole - one:.1f} us |")
         lines += [f"\nload {_load(res)}; {res['status']}\n"]
     if "parallel" in results:
         res = results["parallel"]

@@ -21,6 +21,7 @@ from ._kernels import _config
 from ._kernels import rl as _k
 from ._kernels import rl_batched as _kb
 from ._kernels import rl_lanes as _kl
+from ._kernels.checks import all_finite
 from .mdp import TabularMDP
 
 BATCH_BYTES = 64 * 2**20
@@ -143,7 +144,13 @@ class LinearRunner:
     serial or parallel twin) that ``MetaRL``'s unit-by-unit path and a distributed driver
     run, so the bits are theirs; what is left out is the Python around them (the
     per-unit bookkeeping, copies, and the validation that the energy object and the
-    general path repeat). Chosen once, at construction; about 4 us of dispatch in all.
+    general path repeat). Chosen once, at construction.
+
+    A serial batch with a small phi (the size rule picks every serial twin) runs all of
+    it as one compiled call (``linear_batch_serial`` / ``linear_lanes_serial``): at S = 10
+    the five separate dispatches and their temporaries cost as much as the task itself.
+    A parallel batch (at least ``BATCH_PARALLEL_MIN_WORK`` of arithmetic) keeps the
+    separate calls, each twin picked by its own size, as on the general path.
     """
 
     def __init__(self, batch: _Batch, phi: np.ndarray, n_total: int):
@@ -153,11 +160,19 @@ class LinearRunner:
         self.energy = _k.linear_energy.for_size(phi.size)
         self.vjp = _k.linear_energy_vjp.for_size(phi.size)
         self.softmax = _k.softmax_policy.for_size(S * A)
+        all_serial = not batch._parallel and self.energy is _k.linear_energy.serial
+        self.one_call = (None if not all_serial
+                         else _kl.linear_lanes_serial if batch.lanes else _kb.linear_batch_serial)
 
     def __call__(self, theta: np.ndarray, inv_tau: float, eta: float,
                  want_grad: bool) -> tuple[float, np.ndarray | None] | None:
         """(L, grad_theta L or None), or None if some result is not finite (the caller then
         takes the general path, whose checks name the quantity)."""
+        if self.one_call is not None:
+            out = np.empty(self.phi.shape[2])
+            value, finite = self.one_call(self.phi, theta, *self.batch.data, inv_tau, eta, want_grad,
+                                          self.n_total, out)
+            return ((value, out) if want_grad else (value, None)) if finite else None
         S, A = self.batch.shape
         f = np.empty((S, A))
         self.energy(self.phi, theta, f)
@@ -175,7 +190,7 @@ class LinearRunner:
         grad /= self.n_total
         out = np.empty(self.phi.shape[2])
         self.vjp(self.phi, grad, out)
-        return (value, out) if _kb.all_finite(out) else None
+        return (value, out) if all_finite(out) else None
 
 
 def pack_lanes(tasks: Sequence[TabularMDP]) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ._kernels.checks import all_finite
+
 
 def _where(owner: str) -> str:
     return f" of {owner}" if owner else ""
@@ -66,15 +68,18 @@ def as_float_array(value: Any, name: str, owner: str = "", *, ndim: int | None =
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
                         f"Got {_describe(value)} instead.")
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
-                        f"Got {type(value).__name__} ({exc}) instead.") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
-                        f"Got {_describe(arr)} instead.")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.flags.c_contiguous:
+        arr = value  # already what the kernels take (the common case on a hot path: no conversion)
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
+                            f"Got {type(value).__name__} ({exc}) instead.") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"The '{name}' parameter{_where(owner)} must be an array of real numbers. "
+                            f"Got {_describe(arr)} instead.")
+        arr = np.ascontiguousarray(arr, dtype=np.float64)
     want_ndim = len(shape) if shape is not None else ndim
     if want_ndim is not None and arr.ndim != want_ndim:
         expected = shape_text or (_shape_text(shape) if shape is not None
@@ -94,7 +99,7 @@ def as_float_array(value: Any, name: str, owner: str = "", *, ndim: int | None =
 
 def check_finite(arr: np.ndarray, name: str, owner: str = "") -> None:
     """Raise ValueError naming the first NaN or inf entry of ``arr``."""
-    if arr.size and not np.isfinite(arr).all():
+    if arr.size and not all_finite(arr.reshape(-1)):
         bad = np.flatnonzero(~np.isfinite(arr.ravel()))[0]
         idx = np.unravel_index(int(bad), arr.shape)
         raise ValueError(f"The '{name}' parameter{_where(owner)} must contain only finite values. "

@@ -28,7 +28,7 @@ from ._fingerprint import array_digest
 from ._kernels import sl as _ksl
 from ._kernels._config import needs_compiling
 from ._optim import FitResult, StepSize, digest, run_gradient_method
-from ._validation import (as_float_array, check_choice, check_computed_finite, check_finite, check_int,
+from ._validation import (as_float_array, check_choice, check_computed_finite, check_int,
                           check_nonempty_list, check_real_scalar)
 from .models.protocol import Predictor
 
@@ -582,11 +582,6 @@ class MetaSL:
         return model
 
     def _check_params(self, params: Any, owner: str, name: str = "theta") -> np.ndarray:
-        # Fast path for the common case (the fit loop): no conversion, one finiteness scan.
-        if (type(params) is np.ndarray and params.dtype == np.float64 and params.ndim == 1
-                and params.shape[0] == self.n_params and params.flags.c_contiguous):
-            check_finite(params, name, owner)
-            return params
         return as_float_array(params, name, owner, shape=(self.n_params,),
                               shape_text=f"(n_params,) = ({self.n_params},)")
 

@@ -270,16 +270,20 @@ def _general_path(meta, theta, want_grad=True):
     return L, (meta.model.energy_vjp(theta, g_f) if want_grad else None)
 
 
-@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("n", [1, 7, 40])
 def test_one_call_path_gives_the_general_paths_bits(n, monkeypatch):
-    """A one-batch problem with a linear energy runs as one compiled call, with the same bits."""
+    """A one-batch problem with a linear energy gives the general path's bits: as one compiled call
+    when the batch is serial (task by task, or by lanes at n = 40), as separate calls when parallel."""
     tasks, raw = mixed_tasks(n=n, seed=30)
     rng = np.random.default_rng(31)
     phi, theta = rng.normal(size=(5, 3, 4)), rng.normal(size=4)
     for parallel_work in (10**18, 0):  # the serial and the parallel compilation of the batch
         monkeypatch.setattr(fastmeta._kernels._config, "BATCH_PARALLEL_MIN_WORK", parallel_work)
         meta = MetaRL(tasks, LinearEnergy(phi), tau=0.7, eta=1.3)
-        assert meta._fused_batch is not None and meta._fused_batch.batch._parallel == (n > 1 and parallel_work == 0)
+        runner = meta._fused_batch
+        assert runner is not None and runner.batch._parallel == (n > 1 and parallel_work == 0)
+        assert runner.batch.lanes == (n == 40)
+        assert (runner.one_call is None) == runner.batch._parallel
         L, g = meta.value_and_grad(theta)
         L0, g0 = _general_path(meta, theta)
         assert L == L0

@@ -40,6 +40,11 @@ process that compiled it fresh and in one that loaded it from the cache."""
 jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 """Serial kernel."""
 
+exact_division_jit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH - {"arcp"}, nogil=True,
+                                       error_model=ERROR_MODEL)
+"""Serial kernel whose divisions are divisions: with ``arcp`` LLVM may replace ``x / c`` in a loop
+by ``x * (1 / c)``, which rounds differently from NumPy's division on the Python side."""
+
 pjit = functools.partial(numba.njit, cache=True, fastmath=FASTMATH, nogil=True, parallel=True,
                          error_model=ERROR_MODEL)
 """Parallel kernel (uses ``numba.prange``)."""

@@ -18,7 +18,8 @@ import numpy as np
 from numba import prange
 
 from . import rl as _rl
-from ._config import jit, sized
+from ._config import exact_division_jit, jit, sized
+from .checks import all_finite
 from .work_queue import take_next
 
 # Serial twins of the per-task kernels, called from compiled code (numba needs dispatchers).
@@ -138,14 +139,14 @@ def _policy_matrix(indptr, indices, data, row0, Pk, pi, gamma, out):
         dense_policy_matrix(indptr, indices, data, row0, pi, gamma, out)
         return
     for s in range(S):
-        row = out[s]
-        row[:] = 0.0
-        row[s] = 1.0
+        for j in range(S):
+            out[s, j] = 0.0
+        out[s, s] = 1.0
         for a in range(A):
             scale = -gamma * pi[s, a]
-            p = Pk[s * A + a]
+            q = s * A + a
             for j in range(S):
-                row[j] += scale * p[j]
+                out[s, j] += scale * Pk[q, j]
 
 
 @jit(inline="always")
@@ -157,9 +158,8 @@ def _bellman_q(indptr, indices, data, row0, Pk, r, V, gamma, out):
             row = row0 + s * A + a
             acc = 0.0
             if dense:
-                p = Pk[s * A + a]
                 for j in range(S):
-                    acc += p[j] * V[j]
+                    acc += Pk[row - row0, j] * V[j]
             else:
                 for k in range(indptr[row], indptr[row + 1]):
                     acc += data[k] * V[indices[k]]
@@ -182,9 +182,9 @@ def _kernel_transpose_apply(indptr, indices, data, row0, Pk, w, out):
             if ws == 0.0:
                 continue
             if dense:
-                p = Pk[s * A + a]
+                q = s * A + a
                 for j in range(S):
-                    out[j] += ws * p[j]
+                    out[j] += ws * Pk[q, j]
             else:
                 row = row0 + s * A + a
                 for k in range(indptr[row], indptr[row + 1]):
@@ -210,7 +210,8 @@ def adapted_policy(z0, Q, eta, out):
     Bit for bit the per-task path's arithmetic, with the energy part read from z0.
     """
     for s in range(Q.shape[0]):
-        out[s] = z0[s]
+        for a in range(Q.shape[1]):
+            out[s, a] = z0[s, a]
         _rl.adapt_and_normalise_row(out, s, Q, eta)
 
 
@@ -274,7 +275,7 @@ def one_task(indptr, indices, data, row0, Pk, gamma, r, init, z0, pi, inv_tau, e
     return J
 
 
-@jit
+@jit(inline="always")
 def kernel_rows(Pd, q):
     """Kernel q's dense rows (S*A x S), or an empty array when the batch keeps kernels as CSR only."""
     return Pd[q] if Pd.shape[1] > 0 else Pd[0]
@@ -288,23 +289,13 @@ def factor_group(indptr, indices, data, Pd, kernel, gamma, pi, out):
     lu_inplace(out)
 
 
-@jit
-def all_finite(x):
-    """True if no entry of the 1-d array x is inf or NaN (one compiled call: 4x cheaper than
-    ``np.isfinite(x).all()`` on the few parameters of a small problem)."""
-    for i in range(x.size):
-        if not np.isfinite(x[i]):
-            return False
-    return True
-
-
 # ---------------------------------------------------------------- packed batches
 HEADER = 6
 """``ints[:HEADER]`` of a packed batch: n tasks, G groups, K kernels, nnz, number of shared groups,
 1 if the kernels are also stored dense."""
 
 
-@jit
+@jit(inline="always")
 def unpack(ints, floats, S, A):
     """Views of a packed batch (see ``fastmeta._rl_batch``): two buffers, so a call passes two arrays.
 
@@ -417,3 +408,55 @@ def batch_meta_grad(ints, floats, f, pi, inv_tau, eta, want_grad, n_workers, gra
     for _ in prange(n_workers):
         _task_queue(ints, floats, z0, pi, inv_tau, eta, want_grad, queue, lu_shared, J_out, slots)
     return sum_in_task_order(J_out, slots, want_grad, grad_out)
+
+
+# ---------------------------------------------------------------- one call for a linear energy
+_linear_energy = _rl.linear_energy.serial
+_linear_energy_vjp = _rl.linear_energy_vjp.serial
+_batch_meta_grad_serial = batch_meta_grad.serial
+
+
+@jit(inline="always")
+def linear_prologue(phi, theta, inv_tau, want_grad):
+    """(f, pi, dL/df buffer) of a linear-energy call: f = phi theta and pi = softmax(f / tau),
+    by the serial twins of the kernels the general path calls, so with their bits."""
+    S, A, _ = phi.shape
+    f = np.empty((S, A))
+    _linear_energy(phi, theta, f)
+    pi = np.empty((S, A))
+    _softmax_policy(f, inv_tau, f, 0.0, pi)
+    grad = np.empty((S, A)) if want_grad else np.empty((0, 0))
+    return f, pi, grad
+
+
+@exact_division_jit
+def divide(x, n):
+    """x /= n, entry by entry, as NumPy's ``x /= n`` (the general path's mean) rounds it."""
+    x /= n
+
+
+@jit(inline="always")
+def linear_epilogue(phi, total, n_total, want_grad, grad, out):
+    """(L, finite) from the batch's sum of J_i; with ``want_grad``, out = grad_theta L = phi^T (dL/df)."""
+    value = total / n_total  # rl.mean_of_sums
+    if not np.isfinite(value):  # a non-finite f shows in L (a NaN policy) or in the gradient
+        return value, False
+    if not want_grad:
+        return value, True
+    divide(grad, n_total)
+    _linear_energy_vjp(phi, grad, out)
+    return value, all_finite(out)
+
+
+@jit
+def linear_batch_serial(phi, theta, ints, floats, inv_tau, eta, want_grad, n_total, out):
+    """(L, all finite) and out = grad_theta L of a one-batch problem with a linear energy, in one call.
+
+    The calls of the general path (energy, main policy, :func:`batch_meta_grad`'s serial
+    twin, mean, vector-Jacobian product, finiteness check) in its order, so its bits,
+    without a Python-level dispatch for each: for a task of 10 states those dispatches
+    and their temporaries cost as much as the task's arithmetic.
+    """
+    f, pi, grad = linear_prologue(phi, theta, inv_tau, want_grad)
+    total = _batch_meta_grad_serial(ints, floats, f, pi, inv_tau, eta, want_grad, 1, grad)
+    return linear_epilogue(phi, total, n_total, want_grad, grad, out)

@@ -34,7 +34,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._config import jit, sized
-from .rl_batched import scaled_energy, sum_in_task_order
+from .rl_batched import linear_epilogue, linear_prologue, scaled_energy, sum_in_task_order
 from .work_queue import take_next
 
 LANES = 32
@@ -425,3 +425,14 @@ def lanes_meta_grad(buf, n, f, pi, inv_tau, eta, want_grad, n_workers, grad_out)
     for _ in prange(n_workers):
         _block_queue(buf, n, z0, pi_lanes, inv_tau, eta, want_grad, queue, J_out, slots)
     return sum_in_task_order(J_out, slots, want_grad, grad_out)
+
+
+_lanes_meta_grad_serial = lanes_meta_grad.serial
+
+
+@jit
+def linear_lanes_serial(phi, theta, buf, n, inv_tau, eta, want_grad, n_total, out):
+    """``rl_batched.linear_batch_serial`` for a batch packed by lanes (one compiled call)."""
+    f, pi, grad = linear_prologue(phi, theta, inv_tau, want_grad)
+    total = _lanes_meta_grad_serial(buf, n, f, pi, inv_tau, eta, want_grad, 1, grad)
+    return linear_epilogue(phi, total, n_total, want_grad, grad, out)
