@@ -274,6 +274,8 @@ VARIANTS = {
     "f32-amg": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
     "f32-amg-restart5": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 5}),
     "now": ({}, {}),
+    "dgks-never": ({"DGKS_ETA": 0.0}, {}),
+    "dgks-1e-2": ({"DGKS_ETA": 1e-2}, {}),
 }
 
 

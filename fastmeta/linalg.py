@@ -530,7 +530,8 @@ class _Level:
         self.gs = getattr(_k.gs_sweep, self.par)
         self.gs0 = getattr(_k.gs_sweep_zero, self.par)
         self.copy = getattr(_k.copy_rows, self.par)
-        self.res_restrict = getattr(_k.residual_restrict, self.par)
+        self.residual = getattr(_k.csr_residual, self.par)
+        self.restrict = getattr(_k.restrict_sum, self.par)
         self.prolong = getattr(_k.prolong_add, self.par)
         self.cast = getattr(_k.cast_copy, self.par)
         self.agg = self.ptr = self.members = None
@@ -608,9 +609,17 @@ class _Hierarchy:
             self.lu = dense
         # built in float64, stored in the cycle's precision (level 0: a copy; M stays float64)
         self.dtype = np.dtype(AMG_DTYPE if dtype is None else dtype)
-        for lv in self.levels:
+        for l, lv in enumerate(self.levels):
             lv.data = lv.data.astype(self.dtype, copy=False)
             lv.invd = lv.invd.astype(self.dtype, copy=False)
+            # the smoother's first sweep reads only the strictly lower part, which needs
+            # sorted rows (Galerkin rows come in order of first appearance); sorted after
+            # the coarsening, so that the aggregates and coarse values do not change
+            if l or not _k.rows_sorted(lv.indptr, lv.indices):
+                if not l:  # the caller's pattern (and M's values when stored in float64)
+                    lv.indices, lv.data = lv.indices.copy(), lv.data.copy()
+                lv.diag = np.empty(lv.n, dtype=lv.indices.dtype)
+                _k.sort_rows(lv.indptr, lv.indices, lv.data, lv.diag)
         self.nsweep = max(1, AMG_NSWEEP if nsweep is None else nsweep)
         self.nsweep_coarse = max(1, AMG_NSWEEP_COARSE if nsweep is None else nsweep)
         self.cycles = AMG_CYCLE_INDEX if cycles is None else cycles
@@ -619,11 +628,12 @@ class _Hierarchy:
     def _workspace(self, k):
         w = self._work.get(k)
         if w is None:
-            # per level: rhs, solution, copy for the block smoother; level 0 works on
-            # the caller's vectors (cast copies, made on demand, if their precision differs)
+            # per level: rhs, solution, scratch (the block smoother's copy and the
+            # residual before restriction); level 0 works on the caller's vectors
+            # (cast copies, made on demand, if their precision differs)
             dt = self.dtype
             w = [[np.empty((lv.n, k), dt) if l else None, np.empty((lv.n, k), dt) if l else None,
-                  np.empty((lv.n, k), dt) if lv.nblk > 1 else None]
+                  np.empty((lv.n, k), dt) if lv.nblk > 1 or lv.agg is not None else None]
                  for l, lv in enumerate(self.levels)]
             self._work[k] = w
         return w
@@ -645,7 +655,7 @@ class _Hierarchy:
     def _smooth(self, lv, ops, b, x, xold, forward, zero=False):
         ip, ix, dv = ops
         if zero:  # x = 0 on entry: forward substitution, no copy
-            lv.gs0(ip, ix, dv, lv.invd, b, x, lv.nblk)
+            lv.gs0(ip, ix, dv, lv.diag, lv.invd, b, x, lv.nblk, lv.interior)
             return
         if lv.nblk > 1:
             lv.copy(lv.halo, x, xold)
@@ -656,7 +666,7 @@ class _Hierarchy:
     def _cycle(self, l, b, x, work):
         lv = self.levels[l]
         ops = (lv.indptr, lv.indices, lv.data)
-        xold = work[l][2]
+        xold = work[l][2]  # also the residual's scratch (not in use between the sweeps)
         if l == len(self.levels) - 1:
             if self.lu is not None:
                 _k.dense_lu_solve(self.lu, b, x)
@@ -670,7 +680,8 @@ class _Hierarchy:
             self._smooth(lv, ops, b, x, xold, True, s == 0)
         bc, xc = work[l + 1][0], work[l + 1][1]
         for c in range(self.cycles if l + 2 < len(self.levels) else 1):
-            lv.res_restrict(lv.ptr, lv.members, *ops, x, b, bc)
+            lv.residual(*ops, x, b, xold)
+            lv.restrict(lv.ptr, lv.members, xold, bc)
             self._cycle(l + 1, bc, xc, work)
             lv.prolong(lv.agg, xc, x)
         for _ in range(nsweep):

@@ -526,18 +526,22 @@ def test_column_kernels_against_numpy(k, dtype):
     DL, U = sp.tril(A, format="csr"), sp.triu(A, 1, format="csr")
     ref = sp.linalg.spsolve_triangular(DL, B - U @ X.astype(np.float64), lower=True)
     np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
-    kk.gs_sweep_zero(ip, ix, dv, invd, B, Xg, 1)
+    diag = np.flatnonzero(np.repeat(np.arange(n), np.diff(ip)) == ix).astype(ix.dtype)
+    kk.gs_sweep_zero(ip, ix, dv, diag, invd, B, Xg, 1, np.ones(n, dtype=np.bool_))
     ref = sp.linalg.spsolve_triangular(DL, B.astype(np.float64), lower=True)
     np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
-    # fused residual + restriction over aggregates of 3 consecutive rows
-    agg = (np.arange(n) // 3).astype(ix.dtype)
+    # residual, then restriction over aggregates (members taken out of row order)
+    agg = (np.random.default_rng(k).permutation(n) // 3).astype(ix.dtype)
     nc = int(agg.max()) + 1
     ptr, members = np.empty(nc + 1, dtype=np.int64), np.empty(n, dtype=agg.dtype)
     kk.agg_members(agg, ptr, members)
+    R = np.empty_like(X)
+    kk.csr_residual(ip, ix, dv, X, B, R)
     Rc = np.empty((nc, k), dtype=dtype)
-    kk.residual_restrict(ptr, members, ip, ix, dv, X, B, Rc)
-    R = B - A @ X.astype(np.float64)
-    np.testing.assert_allclose(Rc, np.add.reduceat(R, np.arange(0, n, 3), axis=0), **tol)
+    kk.restrict_sum(ptr, members, R, Rc)
+    ref = np.zeros((nc, k))
+    np.add.at(ref, agg, B - A @ X.astype(np.float64))
+    np.testing.assert_allclose(Rc, ref, **tol)
     # Gram-Schmidt pair on a basis of 3 vectors per column
     V = rng.normal(size=(4, n, k))
     W = rng.normal(size=(n, k))
@@ -549,6 +553,70 @@ def test_column_kernels_against_numpy(k, dtype):
     kk.col_lincomb_sub(V, 3, h, W, part, nrm)
     np.testing.assert_allclose(W, Wref, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(nrm, (Wref * Wref).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nblk", [1, 4])
+@pytest.mark.parametrize("k", [1, 4])
+def test_gs_sweep_zero_is_the_blockwise_forward_substitution(nblk, k):
+    """From X = 0, one forward sweep solves (D + L_block) x = b, L_block the strictly
+    lower part inside each row block (couplings to other blocks multiply zeros)."""
+    from fastmeta._kernels import krylov as kk
+    A = random_M(4000, 0.9, seed=5, k=5).tocsr()
+    n = A.shape[0]
+    ip, ix, dv = A.indptr.astype(np.int64), A.indices, A.data
+    diag = np.flatnonzero(np.repeat(np.arange(n), np.diff(ip)) == ix).astype(ix.dtype)
+    interior, mark = np.ones(n, dtype=np.bool_), np.empty(n, dtype=np.int8)
+    if nblk > 1:
+        kk.block_halo(ip, ix, nblk, interior, mark)
+        assert not interior.all()
+    B = np.random.default_rng(1).normal(size=(n, k))
+    X = np.full((n, k), np.nan)  # not read
+    kk.gs_sweep_zero(ip, ix, dv, diag, 1.0 / A.diagonal(), B, X, nblk, interior)
+    bs = -(-n // nblk)
+    rows = np.repeat(np.arange(n), np.diff(ip))
+    keep = (ix <= rows) & (ix // bs == rows // bs)
+    DL = sp.csr_matrix((dv * keep, ix, ip), shape=A.shape)
+    ref = sp.linalg.spsolve_triangular(DL, B, lower=True)
+    np.testing.assert_allclose(X, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sort_rows_sorts_each_row_and_finds_the_diagonal():
+    from fastmeta._kernels import krylov as kk
+    A = random_M(200, 0.9, seed=2, k=6).tocsr()
+    A.sort_indices()
+    rng = np.random.default_rng(0)
+    ip, ix, dv = A.indptr, A.indices.copy(), A.data.copy()
+    for i in range(A.shape[0]):  # shuffle every row
+        order = ip[i] + rng.permutation(ip[i + 1] - ip[i])
+        ix[ip[i]:ip[i + 1]], dv[ip[i]:ip[i + 1]] = ix[order], dv[order]
+    assert kk.rows_sorted(A.indptr, A.indices) and not kk.rows_sorted(ip, ix)
+    diag = np.empty(A.shape[0], dtype=ix.dtype)
+    kk.sort_rows(ip, ix, dv, diag)
+    np.testing.assert_array_equal(ix, A.indices)
+    np.testing.assert_array_equal(dv, A.data)
+    np.testing.assert_array_equal(ix[diag], np.arange(A.shape[0]))
+
+
+def test_unsorted_pattern_gives_the_sorted_solution():
+    """The AMG smoother needs sorted rows: an unsorted M is sorted into the hierarchy's copy."""
+    M = random_M(3000, 0.95, seed=4, k=5).tocsr()
+    M.sort_indices()
+    rng = np.random.default_rng(0)
+    ip, ix, dv = M.indptr, M.indices.copy(), M.data.copy()
+    for i in range(M.shape[0]):
+        order = ip[i] + rng.permutation(ip[i + 1] - ip[i])
+        ix[ip[i]:ip[i + 1]], dv[ip[i]:ip[i + 1]] = ix[order], dv[order]
+    U = sp.csr_matrix((dv, ix, ip), shape=M.shape)
+    U.has_sorted_indices = False
+    b = rng.normal(size=M.shape[0])
+    for pre in ("amg", "sgs"):
+        fs = factorize(M, "krylov", rtol=1e-12, preconditioner=pre)
+        fu = factorize(U, "krylov", rtol=1e-12, preconditioner=pre)
+        x, xt = fu.solve(b), fu.solve_transposed(b)
+        assert np.linalg.norm(b - M @ x) <= 1e-12 * np.linalg.norm(b)
+        assert np.linalg.norm(b - M.T @ xt) <= 1e-12 * np.linalg.norm(b)
+        np.testing.assert_allclose(x, fs.solve(b), rtol=1e-9)
+        assert np.array_equal(U.indices, ix) and np.array_equal(U.data, dv)  # the caller's arrays
 
 
 def test_column_kernels_take_one_to_four_columns():
