@@ -685,12 +685,27 @@ def test_dgks_redo_flags_live_columns_that_lost_most_of_their_norm():
     from fastmeta._kernels import krylov as kk
     h = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])  # |w|^2 before the orthogonalisation (row j + 1)
     nrm = np.array([1.0, 3.0, 1.0])  # after: columns 0 and 2 lost more than half
-    eta2 = linalg.DGKS_ETA ** 2
+    eta2 = 0.5  # the classical DGKS threshold 1/sqrt(2), squared
     redo = np.empty(3, dtype=np.bool_)
     assert kk.dgks_redo(h, 0, nrm, np.array([True, True, False]), eta2, redo)
     assert list(redo) == [True, False, False]  # column 2 is not live
     assert not kk.dgks_redo(h, 0, nrm, np.array([False, True, False]), eta2, redo)
     assert not redo.any()
+    assert not kk.dgks_redo(h, 0, nrm, np.array([True, True, True]), 0.0, redo)  # DGKS_ETA = 0: never
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7071067811865476])
+def test_solves_reach_the_tolerance_with_and_without_reorthogonalisation(monkeypatch, eta):
+    """A second Gram-Schmidt pass (DGKS_ETA > 0) or none (the default): the true residual
+    decides convergence either way, so both reach rtol 1e-13 with a similar number of steps."""
+    monkeypatch.setattr(linalg, "DGKS_ETA", eta)
+    A = random_M(1500, 0.99, seed=8, k=4)
+    b = np.random.default_rng(0).normal(size=(1500, 3))
+    for pre in ("amg", "sgs", "none"):
+        f = factorize(A, "krylov", rtol=1e-13, preconditioner=pre, maxiter=3000)
+        X, Y = f.solve(b), f.solve_transposed(b)
+        assert np.all(np.linalg.norm(b - A @ X, axis=0) <= 1e-13 * np.linalg.norm(b, axis=0))
+        assert np.all(np.linalg.norm(b - A.T @ Y, axis=0) <= 1e-13 * np.linalg.norm(b, axis=0))
 
 
 def test_gmres_restart_starts_the_unconverged_systems_and_names_the_first_failure():
