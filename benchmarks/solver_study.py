@@ -263,9 +263,9 @@ def restart_section(N=150, restarts=(2, 3, 5, 8, 12, 20, 30)):
 #: name: (linalg module constants, factorize keywords) of the variants section
 VARIANTS = {
     "base": ({}, {}),
-    "fine1": ({"AMG_NSWEEP": 1}, {}),
+    "fine1": ({"AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1}, {}),
     "coarse1": ({"AMG_NSWEEP_COARSE": 1}, {}),
-    "both1": ({"AMG_NSWEEP": 1, "AMG_NSWEEP_COARSE": 1}, {}),
+    "both1": ({"AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1, "AMG_NSWEEP_COARSE": 1}, {}),
     "restart4": ({}, {"restart": 4}),
     "restart6": ({}, {"restart": 6}),
     "f64": ({"AMG_DTYPE": np.float64}, {}),
@@ -280,9 +280,10 @@ VARIANTS = {
     "dgks-never": ({"DGKS_ETA": 0.0}, {}),
     "dgks-1e-2": ({"DGKS_ETA": 1e-2}, {}),
     "dgks-classic": ({"DGKS_ETA": 0.7071067811865476}, {}),
-    "fine-post1": ({"AMG_NSWEEP_POST": 1}, {}),
-    "fine-pre1": ({"AMG_NSWEEP": 1, "AMG_NSWEEP_POST": 2}, {}),
-    "fine-pre3-post1": ({"AMG_NSWEEP": 3, "AMG_NSWEEP_POST": 1}, {}),
+    "fine-pre2": ({"AMG_NSWEEP_PRE": 2}, {}),
+    "fine-post1": ({"AMG_NSWEEP_PRE": 2, "AMG_NSWEEP": 1}, {}),
+    "fine-pre1": ({"AMG_NSWEEP_PRE": 1}, {}),
+    "fine-pre3-post1": ({"AMG_NSWEEP_PRE": 3, "AMG_NSWEEP": 1}, {}),
 }
 
 
@@ -383,7 +384,7 @@ if __name__ == "__main__":
             f = linalg.factorize(M, "krylov", plan=plan)
             print(k, [(lv.n, lv.indices.shape[0]) for lv in f._hier.levels])
         for ns, cyc in [(1, 1), (2, 1), (1, 2), (2, 2)]:
-            linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, cyc
+            linalg.AMG_NSWEEP_PRE, linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, ns, cyc
             for k, M in Ms.items():
                 r = krylov_run(M, plan, 1e-10)
                 print(ns, cyc, k, f"setup {r['setup']:.3f} solve {r['solve']:.3f} ({r['its']}) T {r['solveT']:.3f} ({r['itsT']})", flush=True)
