@@ -724,3 +724,22 @@ def test_gmres_restart_starts_the_unconverged_systems_and_names_the_first_failur
     # maxiter reached (system 2) and a NaN residual (system 0): the first one is named
     assert kk.gmres_restart(beta, target, zero, np.array([3, 3, 10, 0]), 10, g, live, ks, alpha) == -3
     assert kk.gmres_restart(np.array([np.nan, 1.0, 1.0, 0.0]), target, zero, total, 10, g, live, ks, alpha) == -1
+
+
+def test_fine_level_pre_sweeps_are_a_setting(monkeypatch):
+    """AMG_NSWEEP_PRE changes only the finest level's pre-smoothing: another (weaker)
+    preconditioner, the same tolerance reached."""
+    side = 70
+    M = grid_M(side)
+    b = np.random.default_rng(0).normal(size=(side * side, 2))
+    out = {}
+    for pre in (2, 1):
+        monkeypatch.setattr(linalg, "AMG_NSWEEP_PRE", pre)
+        f = factorize(M, "krylov", rtol=1e-12, preconditioner="amg")
+        assert len(f._hier.levels) >= 3 and f._hier.nsweep_pre == pre
+        x = f.solve(b)
+        assert np.all(np.linalg.norm(b - M @ x, axis=0) <= 1e-12 * np.linalg.norm(b, axis=0))
+        z = np.empty_like(b)
+        f._hier.apply(b, z)
+        out[pre] = z
+    assert not np.allclose(out[1], out[2], rtol=1e-3)
