@@ -5,7 +5,7 @@ sections: grid (10^5 and 10^6 krylov), rl2 (random MDP 10^5), auto (thresholds f
 workload N [N ...] (the linear algebra of one meta-gradient of the benchmark problem, replayed
 with splu and krylov), restart (GMRES restart length vs iterations), variants N [name ...]
 (one captured meta-gradient replayed with krylov under settings variants, interleaved in one
-process: smoother sweeps, restart, float32 hierarchy), gradients N [name ...] (whole
+process: smoother sweeps, restart, float32 hierarchy, reorthogonalisation; ``rounds=R``, default 2), gradients N [name ...] (whole
 MetaRL gradients with features on the fly under those variants, one process, alternating order).
 """
 from __future__ import annotations
@@ -166,13 +166,16 @@ def record_solves(meta, theta):
     log = []
     orig = linalg.factorize
 
+    def copy(x0):  # a start, or a list of candidate starts
+        return None if x0 is None else [np.array(x) for x in x0] if isinstance(x0, (list, tuple)) else np.array(x0)
+
     def fz(M, *a, **k):
         f = orig(M, *a, **k)
         idx = sum(1 for e in log if e[0] == "M")
         log.append(("M", M.copy()))
         s, st = f.solve, f.solve_transposed
-        f.solve = lambda b, x0=None: (log.append(("N", idx, np.array(b), None if x0 is None else np.array(x0))), s(b, x0))[1]
-        f.solve_transposed = lambda b, x0=None: (log.append(("T", idx, np.array(b), None if x0 is None else np.array(x0))), st(b, x0))[1]
+        f.solve = lambda b, x0=None: (log.append(("N", idx, np.array(b), copy(x0))), s(b, x0))[1]
+        f.solve_transposed = lambda b, x0=None: (log.append(("T", idx, np.array(b), copy(x0))), st(b, x0))[1]
         return f
 
     linalg.factorize = fz
@@ -260,9 +263,9 @@ def restart_section(N=150, restarts=(2, 3, 5, 8, 12, 20, 30)):
 #: name: (linalg module constants, factorize keywords) of the variants section
 VARIANTS = {
     "base": ({}, {}),
-    "fine1": ({"AMG_NSWEEP": 1}, {}),
+    "fine1": ({"AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1}, {}),
     "coarse1": ({"AMG_NSWEEP_COARSE": 1}, {}),
-    "both1": ({"AMG_NSWEEP": 1, "AMG_NSWEEP_COARSE": 1}, {}),
+    "both1": ({"AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1, "AMG_NSWEEP_COARSE": 1}, {}),
     "restart4": ({}, {"restart": 4}),
     "restart6": ({}, {"restart": 6}),
     "f64": ({"AMG_DTYPE": np.float64}, {}),
@@ -274,6 +277,13 @@ VARIANTS = {
     "f32-amg": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 12}),
     "f32-amg-restart5": ({"AMG_DTYPE": np.float32, "KRYLOV_BASIS_DTYPE": np.float64}, {"restart": 5}),
     "now": ({}, {}),
+    "dgks-never": ({"DGKS_ETA": 0.0}, {}),
+    "dgks-1e-2": ({"DGKS_ETA": 1e-2}, {}),
+    "dgks-classic": ({"DGKS_ETA": 0.7071067811865476}, {}),
+    "fine-pre2": ({"AMG_NSWEEP_PRE": 2}, {}),
+    "fine-post1": ({"AMG_NSWEEP_PRE": 2, "AMG_NSWEEP": 1}, {}),
+    "fine-pre1": ({"AMG_NSWEEP_PRE": 1}, {}),
+    "fine-pre3-post1": ({"AMG_NSWEEP_PRE": 3, "AMG_NSWEEP": 1}, {}),
 }
 
 
@@ -363,7 +373,8 @@ if __name__ == "__main__":
         gradient_variants_section(int(sec[i + 1]), tuple(v for v in sec[i + 2:] if v in VARIANTS) or ("before", "now"))
     if "variants" in sec:
         i = sec.index("variants")
-        variants_section(int(sec[i + 1]), [v for v in sec[i + 2:] if v in VARIANTS] or None)
+        rounds = [int(v.split("=")[1]) for v in sec[i + 2:] if v.startswith("rounds=")]
+        variants_section(int(sec[i + 1]), [v for v in sec[i + 2:] if v in VARIANTS] or None, *rounds[:1])
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)
@@ -373,7 +384,7 @@ if __name__ == "__main__":
             f = linalg.factorize(M, "krylov", plan=plan)
             print(k, [(lv.n, lv.indices.shape[0]) for lv in f._hier.levels])
         for ns, cyc in [(1, 1), (2, 1), (1, 2), (2, 2)]:
-            linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, cyc
+            linalg.AMG_NSWEEP_PRE, linalg.AMG_NSWEEP, linalg.AMG_CYCLE_INDEX = ns, ns, cyc
             for k, M in Ms.items():
                 r = krylov_run(M, plan, 1e-10)
                 print(ns, cyc, k, f"setup {r['setup']:.3f} solve {r['solve']:.3f} ({r['its']}) T {r['solveT']:.3f} ({r['itsT']})", flush=True)

@@ -526,18 +526,22 @@ def test_column_kernels_against_numpy(k, dtype):
     DL, U = sp.tril(A, format="csr"), sp.triu(A, 1, format="csr")
     ref = sp.linalg.spsolve_triangular(DL, B - U @ X.astype(np.float64), lower=True)
     np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
-    kk.gs_sweep_zero(ip, ix, dv, invd, B, Xg, 1)
+    diag = np.flatnonzero(np.repeat(np.arange(n), np.diff(ip)) == ix).astype(ix.dtype)
+    kk.gs_sweep_zero(ip, ix, dv, diag, invd, B, Xg, 1, np.ones(n, dtype=np.bool_))
     ref = sp.linalg.spsolve_triangular(DL, B.astype(np.float64), lower=True)
     np.testing.assert_allclose(Xg, ref.reshape(n, k), **tol)
-    # fused residual + restriction over aggregates of 3 consecutive rows
-    agg = (np.arange(n) // 3).astype(ix.dtype)
+    # residual, then restriction over aggregates (members taken out of row order)
+    agg = (np.random.default_rng(k).permutation(n) // 3).astype(ix.dtype)
     nc = int(agg.max()) + 1
     ptr, members = np.empty(nc + 1, dtype=np.int64), np.empty(n, dtype=agg.dtype)
     kk.agg_members(agg, ptr, members)
+    R = np.empty_like(X)
+    kk.csr_residual(ip, ix, dv, X, B, R)
     Rc = np.empty((nc, k), dtype=dtype)
-    kk.residual_restrict(ptr, members, ip, ix, dv, X, B, Rc)
-    R = B - A @ X.astype(np.float64)
-    np.testing.assert_allclose(Rc, np.add.reduceat(R, np.arange(0, n, 3), axis=0), **tol)
+    kk.restrict_sum(ptr, members, R, Rc)
+    ref = np.zeros((nc, k))
+    np.add.at(ref, agg, B - A @ X.astype(np.float64))
+    np.testing.assert_allclose(Rc, ref, **tol)
     # Gram-Schmidt pair on a basis of 3 vectors per column
     V = rng.normal(size=(4, n, k))
     W = rng.normal(size=(n, k))
@@ -549,6 +553,70 @@ def test_column_kernels_against_numpy(k, dtype):
     kk.col_lincomb_sub(V, 3, h, W, part, nrm)
     np.testing.assert_allclose(W, Wref, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(nrm, (Wref * Wref).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nblk", [1, 4])
+@pytest.mark.parametrize("k", [1, 4])
+def test_gs_sweep_zero_is_the_blockwise_forward_substitution(nblk, k):
+    """From X = 0, one forward sweep solves (D + L_block) x = b, L_block the strictly
+    lower part inside each row block (couplings to other blocks multiply zeros)."""
+    from fastmeta._kernels import krylov as kk
+    A = random_M(4000, 0.9, seed=5, k=5).tocsr()
+    n = A.shape[0]
+    ip, ix, dv = A.indptr.astype(np.int64), A.indices, A.data
+    diag = np.flatnonzero(np.repeat(np.arange(n), np.diff(ip)) == ix).astype(ix.dtype)
+    interior, mark = np.ones(n, dtype=np.bool_), np.empty(n, dtype=np.int8)
+    if nblk > 1:
+        kk.block_halo(ip, ix, nblk, interior, mark)
+        assert not interior.all()
+    B = np.random.default_rng(1).normal(size=(n, k))
+    X = np.full((n, k), np.nan)  # not read
+    kk.gs_sweep_zero(ip, ix, dv, diag, 1.0 / A.diagonal(), B, X, nblk, interior)
+    bs = -(-n // nblk)
+    rows = np.repeat(np.arange(n), np.diff(ip))
+    keep = (ix <= rows) & (ix // bs == rows // bs)
+    DL = sp.csr_matrix((dv * keep, ix, ip), shape=A.shape)
+    ref = sp.linalg.spsolve_triangular(DL, B, lower=True)
+    np.testing.assert_allclose(X, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sort_rows_sorts_each_row_and_finds_the_diagonal():
+    from fastmeta._kernels import krylov as kk
+    A = random_M(200, 0.9, seed=2, k=6).tocsr()
+    A.sort_indices()
+    rng = np.random.default_rng(0)
+    ip, ix, dv = A.indptr, A.indices.copy(), A.data.copy()
+    for i in range(A.shape[0]):  # shuffle every row
+        order = ip[i] + rng.permutation(ip[i + 1] - ip[i])
+        ix[ip[i]:ip[i + 1]], dv[ip[i]:ip[i + 1]] = ix[order], dv[order]
+    assert kk.rows_sorted(A.indptr, A.indices) and not kk.rows_sorted(ip, ix)
+    diag = np.empty(A.shape[0], dtype=ix.dtype)
+    kk.sort_rows(ip, ix, dv, diag)
+    np.testing.assert_array_equal(ix, A.indices)
+    np.testing.assert_array_equal(dv, A.data)
+    np.testing.assert_array_equal(ix[diag], np.arange(A.shape[0]))
+
+
+def test_unsorted_pattern_gives_the_sorted_solution():
+    """The AMG smoother needs sorted rows: an unsorted M is sorted into the hierarchy's copy."""
+    M = random_M(3000, 0.95, seed=4, k=5).tocsr()
+    M.sort_indices()
+    rng = np.random.default_rng(0)
+    ip, ix, dv = M.indptr, M.indices.copy(), M.data.copy()
+    for i in range(M.shape[0]):
+        order = ip[i] + rng.permutation(ip[i + 1] - ip[i])
+        ix[ip[i]:ip[i + 1]], dv[ip[i]:ip[i + 1]] = ix[order], dv[order]
+    U = sp.csr_matrix((dv, ix, ip), shape=M.shape)
+    U.has_sorted_indices = False
+    b = rng.normal(size=M.shape[0])
+    for pre in ("amg", "sgs"):
+        fs = factorize(M, "krylov", rtol=1e-12, preconditioner=pre)
+        fu = factorize(U, "krylov", rtol=1e-12, preconditioner=pre)
+        x, xt = fu.solve(b), fu.solve_transposed(b)
+        assert np.linalg.norm(b - M @ x) <= 1e-12 * np.linalg.norm(b)
+        assert np.linalg.norm(b - M.T @ xt) <= 1e-12 * np.linalg.norm(b)
+        np.testing.assert_allclose(x, fs.solve(b), rtol=1e-9)
+        assert np.array_equal(U.indices, ix) and np.array_equal(U.data, dv)  # the caller's arrays
 
 
 def test_column_kernels_take_one_to_four_columns():
@@ -617,12 +685,27 @@ def test_dgks_redo_flags_live_columns_that_lost_most_of_their_norm():
     from fastmeta._kernels import krylov as kk
     h = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])  # |w|^2 before the orthogonalisation (row j + 1)
     nrm = np.array([1.0, 3.0, 1.0])  # after: columns 0 and 2 lost more than half
-    eta2 = linalg.DGKS_ETA ** 2
+    eta2 = 0.5  # the classical DGKS threshold 1/sqrt(2), squared
     redo = np.empty(3, dtype=np.bool_)
     assert kk.dgks_redo(h, 0, nrm, np.array([True, True, False]), eta2, redo)
     assert list(redo) == [True, False, False]  # column 2 is not live
     assert not kk.dgks_redo(h, 0, nrm, np.array([False, True, False]), eta2, redo)
     assert not redo.any()
+    assert not kk.dgks_redo(h, 0, nrm, np.array([True, True, True]), 0.0, redo)  # DGKS_ETA = 0: never
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7071067811865476])
+def test_solves_reach_the_tolerance_with_and_without_reorthogonalisation(monkeypatch, eta):
+    """A second Gram-Schmidt pass (DGKS_ETA > 0) or none (the default): the true residual
+    decides convergence either way, so both reach rtol 1e-13 with a similar number of steps."""
+    monkeypatch.setattr(linalg, "DGKS_ETA", eta)
+    A = random_M(1500, 0.99, seed=8, k=4)
+    b = np.random.default_rng(0).normal(size=(1500, 3))
+    for pre in ("amg", "sgs", "none"):
+        f = factorize(A, "krylov", rtol=1e-13, preconditioner=pre, maxiter=3000)
+        X, Y = f.solve(b), f.solve_transposed(b)
+        assert np.all(np.linalg.norm(b - A @ X, axis=0) <= 1e-13 * np.linalg.norm(b, axis=0))
+        assert np.all(np.linalg.norm(b - A.T @ Y, axis=0) <= 1e-13 * np.linalg.norm(b, axis=0))
 
 
 def test_gmres_restart_starts_the_unconverged_systems_and_names_the_first_failure():
@@ -641,3 +724,22 @@ def test_gmres_restart_starts_the_unconverged_systems_and_names_the_first_failur
     # maxiter reached (system 2) and a NaN residual (system 0): the first one is named
     assert kk.gmres_restart(beta, target, zero, np.array([3, 3, 10, 0]), 10, g, live, ks, alpha) == -3
     assert kk.gmres_restart(np.array([np.nan, 1.0, 1.0, 0.0]), target, zero, total, 10, g, live, ks, alpha) == -1
+
+
+def test_fine_level_pre_sweeps_are_a_setting(monkeypatch):
+    """AMG_NSWEEP_PRE changes only the finest level's pre-smoothing: another (weaker)
+    preconditioner, the same tolerance reached."""
+    side = 70
+    M = grid_M(side)
+    b = np.random.default_rng(0).normal(size=(side * side, 2))
+    out = {}
+    for pre in (2, 1):
+        monkeypatch.setattr(linalg, "AMG_NSWEEP_PRE", pre)
+        f = factorize(M, "krylov", rtol=1e-12, preconditioner="amg")
+        assert len(f._hier.levels) >= 3 and f._hier.nsweep_pre == pre
+        x = f.solve(b)
+        assert np.all(np.linalg.norm(b - M @ x, axis=0) <= 1e-12 * np.linalg.norm(b, axis=0))
+        z = np.empty_like(b)
+        f._hier.apply(b, z)
+        out[pre] = z
+    assert not np.allclose(out[1], out[2], rtol=1e-3)
