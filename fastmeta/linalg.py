@@ -169,10 +169,20 @@ KRYLOV_BLOCK = 4
 #: true float64 residual, which is also what the stopping test is applied to, so a
 #: less orthogonal basis can cost iterations but never accuracy.
 DGKS_ETA = 0.0
+#: GMRES with the multigrid preconditioner has stalled when a residual fell by less than
+#: ``STALL_FACTOR`` over the last ``STALL_ITERATIONS`` iterations: the solve is restarted with
+#: symmetric Gauss-Seidel (see :meth:`KrylovSolver._solve`). A healthy solve gains 10 orders of
+#: magnitude in 25-95 iterations.
+STALL_ITERATIONS = 100
+STALL_FACTOR = 0.1
 
 _POOL_LOCK = threading.Lock()
 
 PatternLike = Union[sp.csr_matrix, "SolverPlan", Tuple[np.ndarray, np.ndarray, int]]
+
+
+class _Stalled(Exception):
+    """GMRES with the multigrid preconditioner stopped making progress (see ``STALL_FACTOR``)."""
 
 
 class SolverError(RuntimeError):
@@ -804,6 +814,9 @@ class KrylovSolver:
         GMRES iterations of the last :meth:`solve_transposed`.
     residual, residual_transposed : float or None
         True relative residuals reached by the last solves (largest over columns).
+    fallbacks : list of str
+        ``"M"`` or ``"M^T"`` for each side whose multigrid preconditioner stalled and was
+        replaced by symmetric Gauss-Seidel (see ``STALL_FACTOR``); empty normally.
     """
 
     method = "krylov"
@@ -856,6 +869,7 @@ class KrylovSolver:
         self.iterations_transposed = None
         self.residual = None
         self.residual_transposed = None
+        self.fallbacks = []
 
     def _operator(self, trans):
         p = self.plan
@@ -912,6 +926,36 @@ class KrylovSolver:
         return x
 
     def _solve(self, b, x0, trans):
+        """Solve with the preconditioner of ``M`` or ``M^T``; the multigrid one, if it stalls, is
+        replaced by symmetric Gauss-Seidel for this solver's later solves on that side.
+
+        Aggregation multigrid is not robust for every non-symmetric M: on some strongly
+        directed policies (a 100 x 100 gridworld with a sharp policy, mean max_a pi(a|s) ~ 0.9)
+        GMRES with its cycle on ``M^T`` stays at a relative residual ~0.9 for 1000 iterations,
+        where Gauss-Seidel, a convergent splitting of every M-matrix (M and M^T alike),
+        converges in ~70.
+        """
+        try:
+            return self._solve_with(b, x0, trans, watch=self._hierarchy_is_multigrid(trans))
+        except _Stalled:
+            self._sgs_instead_of_multigrid(trans)
+            return self._solve_with(b, x0, trans, watch=False)
+
+    def _hierarchy_is_multigrid(self, trans):
+        return (isinstance(self.preconditioner, str) and self.preconditioner == "amg"
+                and len(self._hierarchy(trans).levels) > 1)
+
+    def _sgs_instead_of_multigrid(self, trans):
+        tip, tix, tdv = self._operator(trans)
+        diag = self.plan.transpose_diag if trans else self.plan.diag
+        sgs = _Hierarchy(tip, tix, tdv, diag, max_levels=1)
+        if trans:
+            self._hier_t = sgs
+        else:
+            self._hier = sgs
+        self.fallbacks.append("M^T" if trans else "M")
+
+    def _solve_with(self, b, x0, trans, watch):
         n = self.n
         b = _check_rhs(b, n)
         vec = b.ndim == 1
@@ -927,7 +971,8 @@ class KrylovSolver:
         its, rel = 0, 0.0
         for c in range(0, B.shape[1], KRYLOV_BLOCK):
             sl = slice(c, min(B.shape[1], c + KRYLOV_BLOCK))
-            X[:, sl], it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec)
+            X[:, sl], it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec,
+                                          watch)
             its, rel = max(its, it), max(rel, r)
         return (X[:, 0] if vec else X), its, rel
 
@@ -958,7 +1003,7 @@ class KrylovSolver:
         return (functools.partial(_k.csr_matvec.at(k).for_size(size), *ops),
                 functools.partial(_k.csr_residual.at(k).for_size(size), *ops))
 
-    def _gmres(self, B, X0, trans, vec):
+    def _gmres(self, B, X0, trans, vec, watch):
         """Lockstep GMRES(m) for the columns of ``B`` (``(n, k)``, ``k <= KRYLOV_BLOCK``)."""
         n, k = B.shape
         m = krylov_restart(self.restart, n, k)
@@ -968,11 +1013,11 @@ class KrylovSolver:
             ops = self._operator(trans)
         ws = _acquire_workspace(self._pool_owner, n, k, m)
         try:
-            return self._gmres_ws(B, X0, trans, ops, ws, m, vec)
+            return self._gmres_ws(B, X0, trans, ops, ws, m, vec, watch)
         finally:
             _release_workspace(self._pool_owner, ws, m)
 
-    def _gmres_ws(self, B, X0, trans, ops, ws, m, vec):
+    def _gmres_ws(self, B, X0, trans, ops, ws, m, vec, watch):
         n, k = B.shape
         V, Zs, R, part, h, h2, H, cs, sn, g, Y, nrm = (
             ws.V, ws.Zs, ws.R, ws.part, ws.h, ws.h2, ws.H, ws.cs, ws.sn, ws.g, ws.Y, ws.nrm)
@@ -1013,6 +1058,7 @@ class KrylovSolver:
         live = np.zeros(k, dtype=np.bool_)
         ks = np.zeros(k, dtype=np.int64)
         eta2 = DGKS_ETA ** 2
+        checkpoint = (0, beta)  # (iterations, residuals) when the stall test last passed
         while True:
             nactive = _k.gmres_restart(beta, target, zero, total, self.maxiter, g, live, ks, alpha)
             if nactive == 0:
@@ -1051,6 +1097,12 @@ class KrylovSolver:
             ops_residual(X, B, R)
             dots(V, 0, R, part, h)
             beta = np.sqrt(h[0])
+            if watch:
+                its = int(total.max())
+                if its - checkpoint[0] >= STALL_ITERATIONS:
+                    if np.any((beta > STALL_FACTOR * checkpoint[1]) & (beta > target)):
+                        raise _Stalled
+                    checkpoint = (its, beta)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(zero, 0.0, beta / np.where(zero, 1.0, bnorm))
         return X, int(total.max()), float(rel.max())

@@ -743,3 +743,50 @@ def test_fine_level_pre_sweeps_are_a_setting(monkeypatch):
         f._hier.apply(b, z)
         out[pre] = z
     assert not np.allclose(out[1], out[2], rtol=1e-3)
+
+
+def _sharp_gridworld_M(seed=0):
+    """M = I - 0.99 P_pi of a 100 x 100 gridworld under a sharp smooth policy (mean max_a pi = 0.89),
+    on which the aggregation multigrid cycle of M^T does not converge (GMRES stays at ~0.9)."""
+    import fastmeta
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=1, size=100, slip=0.1, gamma=0.99, features="rbf",
+                                                n_features=16, seed=0)
+    f = phi @ (5.0 * np.random.default_rng(seed).standard_normal(16))
+    pi = np.exp(f - f.max(1, keepdims=True))
+    pi /= pi.sum(1, keepdims=True)
+    S, A = pi.shape
+    W = sp.csr_matrix((pi.ravel(), (np.repeat(np.arange(S), A), np.arange(S * A))), shape=(S, S * A))
+    M = (sp.identity(S, format="csr") - 0.99 * (W @ tasks[0].P)).tocsr()
+    M.sort_indices()
+    return M
+
+
+def test_a_stalled_multigrid_solve_is_finished_with_gauss_seidel():
+    M = _sharp_gridworld_M()
+    b = np.random.default_rng(1).random(M.shape[0])
+    plan = analyse(M)
+    with pytest.raises(SolverError):  # the multigrid cycle alone: stuck
+        s = linalg.KrylovSolver(M, plan, maxiter=300)
+        s._solve_with(b, None, True, watch=False)
+    s = linalg.KrylovSolver(M, plan)
+    x = s.solve_transposed(b)
+    assert s.fallbacks == ["M^T"]
+    assert np.linalg.norm(b - M.T @ x) <= 1e-10 * np.linalg.norm(b)
+    np.testing.assert_allclose(x, sp.linalg.spsolve(M.T.tocsc(), b), rtol=1e-8)
+    y = s.solve_transposed(2 * b)  # later solves on that side go straight to Gauss-Seidel
+    assert s.fallbacks == ["M^T"] and s.iterations_transposed < linalg.STALL_ITERATIONS
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-8)
+    s.solve(b)  # the forward side keeps its multigrid cycle, which converges there
+    assert s.fallbacks == ["M^T"]
+
+
+def test_meta_gradient_on_a_sharp_policy_converges_with_krylov():
+    """The whole meta-gradient where the multigrid cycle of some M^T stalls: krylov against splu."""
+    import fastmeta
+    tasks, phi = fastmeta.tasks.gridworld_goals(n_tasks=2, size=100, slip=0.1, gamma=0.99, features="rbf",
+                                                n_features=16, seed=0)
+    theta = 5.0 * np.random.default_rng(0).standard_normal(16)
+    L, g = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), solver="krylov").value_and_grad(theta)
+    L0, g0 = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), solver="splu").value_and_grad(theta)
+    assert L == pytest.approx(L0, rel=1e-8)
+    np.testing.assert_allclose(g, g0, rtol=1e-7, atol=1e-9 * np.abs(g0).max())
