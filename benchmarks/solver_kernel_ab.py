@@ -18,11 +18,8 @@ parallel (wall time), interleaved round-robin; medians.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.old_kernels import kernel_module_at  # noqa: E402
 from benchmarks.solver_kernels import main_matrix  # noqa: E402
 from fastmeta import linalg  # noqa: E402
 from fastmeta._kernels import krylov as after  # noqa: E402
@@ -39,17 +37,8 @@ BEFORE_COMMIT = "86e33e5"
 
 
 def before_module():
-    """The kernel module at BEFORE_COMMIT, imported from a scratch copy of its source."""
-    src = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:fastmeta/_kernels/krylov.py"], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout
-    src = src.replace("from ._config import", "from fastmeta._kernels._config import")
-    scratch = Path(tempfile.gettempdir()) / "fastmeta-bench" / "kernels_before_round6"
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / "krylov_before_round6.py"
-    if not path.exists() or path.read_text() != src:
-        path.write_text(src)
-    sys.path.insert(0, str(scratch))
-    return importlib.import_module("krylov_before_round6")
+    """The kernel module at BEFORE_COMMIT."""
+    return kernel_module_at(BEFORE_COMMIT, "krylov_before_round6")
 
 
 def hierarchies(M):

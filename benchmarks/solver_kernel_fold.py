@@ -17,11 +17,8 @@ faster). Min-of-rounds is printed too: on a shared machine it is the steadier fi
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.old_kernels import kernel_module_at  # noqa: E402
 from benchmarks.solver_study import build_M, gridworld, policies  # noqa: E402
 from fastmeta import linalg  # noqa: E402
 from fastmeta._kernels import krylov as folded  # noqa: E402
@@ -39,16 +37,7 @@ UNROLLED_COMMIT = "db4e858"
 
 def unrolled_module():
     """The pre-fold kernel module, imported from a scratch copy of its source at UNROLLED_COMMIT."""
-    src = subprocess.run(["git", "show", f"{UNROLLED_COMMIT}:fastmeta/_kernels/krylov.py"], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout
-    src = src.replace("from ._config import", "from fastmeta._kernels._config import")
-    scratch = Path(tempfile.gettempdir()) / "fastmeta-bench" / "unrolled_kernels"
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / "krylov_unrolled.py"
-    if not path.exists() or path.read_text() != src:
-        path.write_text(src)
-    sys.path.insert(0, str(scratch))
-    module = importlib.import_module("krylov_unrolled")
+    module = kernel_module_at(UNROLLED_COMMIT, "krylov_unrolled")
     # kernels added after the fold (no k = 1..4 loops in them) come from the current module
     for name in set(dir(folded)) - set(dir(module)):
         setattr(module, name, getattr(folded, name))
