@@ -15,6 +15,11 @@ the written operations in the written order (docs/scaling.md has the measured co
 Every kernel is
 compiled with ``cache=True`` so that a second process (and CI after the first
 test module) loads machine code from ``__pycache__`` instead of recompiling.
+Numba checks a cached kernel against its own source file only: after editing a
+function of another module that it calls or inlines (``rl_lanes.linear_lanes_serial``
+inlines ``rl_batched.linear_epilogue``), a developer must delete the ``__pycache__``
+directories (or point ``NUMBA_CACHE_DIR`` at an empty one), or the stale machine code
+runs. An install replaces every source file, which invalidates every cached kernel.
 
 Reductions over long vectors are split into ``N_CHUNKS`` fixed chunks whose
 partial results are combined serially in chunk order: the summation order, and
