@@ -24,15 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.rl_problems import timeit  # noqa: E402
+
 
 def median_time(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    """Median wall-clock seconds of ``reps`` calls after one untimed call."""
+    return float(np.median(timeit(fn, reps, warmup=1)))
 
 
 def main_matrix(side, synthetic):

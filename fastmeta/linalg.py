@@ -861,8 +861,7 @@ class KrylovSolver:
         self._hier_levels = AMG_MAX_LEVELS if self.preconditioner == "amg" else 1
         self._hier_t = None
         if isinstance(self.preconditioner, str) and self.preconditioner in ("amg", "sgs"):
-            self._hier = _Hierarchy(plan.indptr, plan.indices, self.data, plan.diag,
-                                    max_levels=self._hier_levels)
+            self._hier = self._new_hierarchy(False, self._hier_levels)
         else:
             self._hier = None
         self.iterations = None
@@ -891,10 +890,13 @@ class KrylovSolver:
         if not trans or self._hier is None:
             return self._hier
         if self._hier_t is None:
-            tip, tix, tdv = self._operator(True)
-            self._hier_t = _Hierarchy(tip, tix, tdv, self.plan.transpose_diag,
-                                      max_levels=self._hier_levels)
+            self._hier_t = self._new_hierarchy(True, self._hier_levels)
         return self._hier_t
+
+    def _new_hierarchy(self, trans, max_levels):
+        """A hierarchy of ``M`` or ``M^T`` (``max_levels=1``: symmetric Gauss-Seidel)."""
+        diag = self.plan.transpose_diag if trans else self.plan.diag
+        return _Hierarchy(*self._operator(trans), diag, max_levels=max_levels)
 
     def solve(self, b: np.ndarray, x0=None) -> np.ndarray:
         """Solve ``M x = b``; ``b`` (and the optional warm start ``x0``) ``(n,)`` or ``(n, k)``.
@@ -946,9 +948,7 @@ class KrylovSolver:
                 and len(self._hierarchy(trans).levels) > 1)
 
     def _sgs_instead_of_multigrid(self, trans):
-        tip, tix, tdv = self._operator(trans)
-        diag = self.plan.transpose_diag if trans else self.plan.diag
-        sgs = _Hierarchy(tip, tix, tdv, diag, max_levels=1)
+        sgs = self._new_hierarchy(trans, 1)
         if trans:
             self._hier_t = sgs
         else:

@@ -155,13 +155,13 @@ def _bellman_q(indptr, indices, data, row0, Pk, r, V, gamma, out):
     dense = Pk.shape[0] > 0
     for s in range(S):
         for a in range(A):
-            row = row0 + s * A + a
+            q = s * A + a  # the row in the kernel's dense rows; row0 + q in the batch's CSR
             acc = 0.0
             if dense:
                 for j in range(S):
-                    acc += Pk[row - row0, j] * V[j]
+                    acc += Pk[q, j] * V[j]
             else:
-                for k in range(indptr[row], indptr[row + 1]):
+                for k in range(indptr[row0 + q], indptr[row0 + q + 1]):
                     acc += data[k] * V[indices[k]]
             out[s, a] = (1.0 - gamma) * r[s, a] + gamma * acc
 
