@@ -45,14 +45,14 @@ def main():
     from fastmeta import linalg
 
     iterations = []
-    orig = linalg.KrylovSolver._solve
+    orig = linalg.KrylovSolver._gmres
 
-    def counted(self, b, x0, trans):
-        x, its, rel = orig(self, b, x0, trans)
+    def counted(self, *args, **kwargs):  # every block of every solve (solve, solve_transposed, solve_each)
+        x, its, rel = orig(self, *args, **kwargs)
         iterations.append(its)
         return x, its, rel
 
-    linalg.KrylovSolver._solve = counted
+    linalg.KrylovSolver._gmres = counted
     small, fmap = fastmeta.tasks.gridworld_goals(4, 20, feature_map=True, seed=0)
     fastmeta.MetaRL(small, fastmeta.LinearEnergy(fmap), solver="krylov").value_and_grad(np.zeros(32))
     tasks, fmap = fastmeta.tasks.gridworld_goals(4, args.side, slip=0.1, gamma=0.99, features="rbf",

@@ -61,7 +61,7 @@ import functools
 import math
 import threading
 import weakref
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.linalg
@@ -175,6 +175,10 @@ DGKS_ETA = 0.0
 #: magnitude in 25-95 iterations.
 STALL_ITERATIONS = 100
 STALL_FACTOR = 0.1
+#: :meth:`KrylovSolver.solve_each` watches its shared preconditioner over this shorter
+#: window: a preconditioner of M that does not serve the other matrices should cost
+#: few iterations before each is solved with its own (healthy: 10^3-10^4 in 10 iterations).
+EACH_STALL_ITERATIONS = 10
 
 _POOL_LOCK = threading.Lock()
 
@@ -812,7 +816,9 @@ class KrylovSolver:
         of a block right-hand side).
     iterations_transposed : int or None
         GMRES iterations of the last :meth:`solve_transposed`.
-    residual, residual_transposed : float or None
+    iterations_each : int or None
+        GMRES iterations of the last :meth:`solve_each` (largest over its matrices).
+    residual, residual_transposed, residual_each : float or None
         True relative residuals reached by the last solves (largest over columns).
     fallbacks : list of str
         ``"M"`` or ``"M^T"`` for each side whose multigrid preconditioner stalled and was
@@ -866,8 +872,10 @@ class KrylovSolver:
             self._hier = None
         self.iterations = None
         self.iterations_transposed = None
+        self.iterations_each = None
         self.residual = None
         self.residual_transposed = None
+        self.residual_each = None
         self.fallbacks = []
 
     def _operator(self, trans):
@@ -938,10 +946,11 @@ class KrylovSolver:
         converges in ~70.
         """
         try:
-            return self._solve_with(b, x0, trans, watch=self._hierarchy_is_multigrid(trans))
+            watch = STALL_ITERATIONS if self._hierarchy_is_multigrid(trans) else 0
+            return self._solve_with(b, x0, trans, watch)
         except _Stalled:
             self._sgs_instead_of_multigrid(trans)
-            return self._solve_with(b, x0, trans, watch=False)
+            return self._solve_with(b, x0, trans, watch=0)
 
     def _hierarchy_is_multigrid(self, trans):
         return (isinstance(self.preconditioner, str) and self.preconditioner == "amg"
@@ -955,18 +964,23 @@ class KrylovSolver:
             self._hier = sgs
         self.fallbacks.append("M^T" if trans else "M")
 
+    def _starts(self, x0, b):
+        """The candidate starts ``x0`` (None, an array, or a list of arrays) as (n, k) blocks."""
+        starts = [] if x0 is None else list(x0) if isinstance(x0, (list, tuple)) else [x0]
+        X0 = []
+        for start in starts:
+            start = _check_rhs(start, self.n, "x0")
+            if start.shape != b.shape:
+                raise ValueError(f"x0 must have the shape of b {b.shape}, got {start.shape}")
+            X0.append(start.reshape(self.n, 1) if b.ndim == 1 else start)
+        return X0
+
     def _solve_with(self, b, x0, trans, watch):
         n = self.n
         b = _check_rhs(b, n)
         vec = b.ndim == 1
         B = b.reshape(n, 1) if vec else b
-        starts = [] if x0 is None else list(x0) if isinstance(x0, (list, tuple)) else [x0]
-        X0 = []
-        for start in starts:
-            start = _check_rhs(start, n, "x0")
-            if start.shape != b.shape:
-                raise ValueError(f"x0 must have the shape of b {b.shape}, got {start.shape}")
-            X0.append(start.reshape(n, 1) if vec else start)
+        X0 = self._starts(x0, b)
         X = np.empty(B.shape)
         its, rel = 0, 0.0
         for c in range(0, B.shape[1], KRYLOV_BLOCK):
@@ -975,6 +989,83 @@ class KrylovSolver:
                                           watch)
             its, rel = max(its, it), max(rel, r)
         return (X[:, 0] if vec else X), its, rel
+
+    def solve_each(self, Ms: Sequence[sp.csr_matrix], b: np.ndarray, x0=None, *,
+                   transposed: bool = False) -> np.ndarray:
+        """Solve ``M_c x_c = b[:, c]`` (``M_c^T x_c = b[:, c]`` if ``transposed``) for matrices
+        ``M_c`` on this solver's pattern, in lockstep, with this solver's preconditioner.
+
+        Meant for matrices near ``M``, such as ``I - gamma P_{pi_c}`` for policies one
+        PPO step from the policy of ``M`` (the adapted tasks of a meta-gradient): no
+        preconditioner is built for them, and every iteration reads the pattern once
+        for all of them.  The preconditioner of ``M`` serves ``M_c`` about as well as
+        its own while ``||M^{-1} (M_c - M)||`` is small.  Should it stall (see
+        ``STALL_FACTOR``), each column is solved again by a solver of its own matrix.
+
+        Parameters
+        ----------
+        Ms : sequence of scipy.sparse.csr_matrix
+            The ``k`` matrices, each with the pattern of ``M`` (this solver's plan).
+        b : ndarray, shape (n, k)
+            One right-hand side per matrix.
+        x0 : ndarray or list of ndarray, optional
+            Candidate starts of shape ``(n, k)``, as in :meth:`solve`.
+        transposed : bool
+            Solve with the transposed matrices.
+
+        Returns
+        -------
+        ndarray, shape (n, k)
+
+        Raises
+        ------
+        SolverError
+            If the tolerance is not reached within ``maxiter`` iterations.
+        """
+        if self._op is not None:
+            raise TypeError("solve_each needs a solver of a CSR matrix, not of a LinearOperator")
+        b = _check_rhs(b, self.n)
+        if b.ndim != 2 or b.shape[1] != len(Ms):
+            raise ValueError(f"b must have shape ({self.n}, {len(Ms)}) (one column per matrix), got {b.shape}")
+        for c, Mc in enumerate(Ms):
+            if not sp.isspmatrix_csr(Mc) or not self.plan.matches(Mc):
+                raise ValueError(f"Ms[{c}] must be a CSR matrix with the pattern of this solver's M")
+        X0 = self._starts(x0, b)
+        X = np.empty(b.shape)
+        its, rel = 0, 0.0
+        # the preconditioner was built for M, not for the M_c: watched if it is one of ours
+        watch = EACH_STALL_ITERATIONS if isinstance(self.preconditioner, str) and self._hier is not None else 0
+        for c in range(0, b.shape[1], KRYLOV_BLOCK):
+            sl = slice(c, min(b.shape[1], c + KRYLOV_BLOCK))
+            ops = self._operator_each(Ms[sl], transposed)
+            starts = [x[:, sl] for x in X0]
+            try:
+                X[:, sl], it, r = self._gmres(np.ascontiguousarray(b[:, sl]), starts, transposed, False, watch,
+                                              ops=ops)
+            except _Stalled:
+                it = r = 0
+                for j, Mc in zip(range(sl.start, sl.stop), Ms[sl]):
+                    own = KrylovSolver(Mc, self.plan, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
+                                       restart=self.restart, preconditioner=self.preconditioner)
+                    X[:, j], it_j, r_j = own._solve(b[:, j], [x[:, j] for x in X0], transposed)
+                    it, r = max(it, it_j), max(r, r_j)
+            its, rel = max(its, it), max(rel, r)
+        self.iterations_each, self.residual_each = its, rel
+        return X
+
+    def _operator_each(self, Ms, trans):
+        """``(indptr, indices, values)`` of the matrices ``Ms`` (or their transposes), values ``(nnz, k)``."""
+        p = self.plan
+        values = np.empty((p.nnz, len(Ms)))
+        column = np.empty(p.nnz) if trans else None
+        for c, Mc in enumerate(Ms):
+            if trans:
+                _k.gather(Mc.data, p.transpose_pattern[2], column)
+                values[:, c] = column
+            else:
+                values[:, c] = Mc.data
+        ip, ix = (p.transpose_pattern[:2] if trans else (p.indptr, p.indices))
+        return ip, ix, values
 
     def _prec(self, v, out, trans):
         P = self.preconditioner
@@ -999,18 +1090,23 @@ class KrylovSolver:
             def residual(X, B, R):
                 np.subtract(B, ops(X).reshape(B.shape), out=R)
             return matvec, residual
-        size = max(ops[2].shape[0], n * k, n + 1)  # the largest array argument
-        return (functools.partial(_k.csr_matvec.at(k).for_size(size), *ops),
-                functools.partial(_k.csr_residual.at(k).for_size(size), *ops))
+        size = max(ops[2].size, n * k, n + 1)  # the largest array argument
+        if ops[2].ndim == 2:  # one matrix per column (solve_each)
+            matvec, residual = _k.csr_matvec_each, _k.csr_residual_each
+        else:
+            matvec, residual = _k.csr_matvec, _k.csr_residual
+        return (functools.partial(matvec.at(k).for_size(size), *ops),
+                functools.partial(residual.at(k).for_size(size), *ops))
 
-    def _gmres(self, B, X0, trans, vec, watch):
-        """Lockstep GMRES(m) for the columns of ``B`` (``(n, k)``, ``k <= KRYLOV_BLOCK``)."""
+    def _gmres(self, B, X0, trans, vec, watch, ops=None):
+        """Lockstep GMRES(m) for the columns of ``B`` (``(n, k)``, ``k <= KRYLOV_BLOCK``), on
+        ``M`` (or ``M^T``) or on ``ops``, the operator of :meth:`_operator_each`; ``watch``:
+        raise ``_Stalled`` if a residual falls by less than ``STALL_FACTOR`` in that many
+        iterations (0: never)."""
         n, k = B.shape
         m = krylov_restart(self.restart, n, k)
-        if self._op is not None:
-            ops = self._op.rmatmat if trans else self._op.matmat
-        else:
-            ops = self._operator(trans)
+        if ops is None:
+            ops = self._operator(trans) if self._op is None else (self._op.rmatmat if trans else self._op.matmat)
         ws = _acquire_workspace(self._pool_owner, n, k, m)
         try:
             return self._gmres_ws(B, X0, trans, ops, ws, m, vec, watch)
@@ -1099,7 +1195,7 @@ class KrylovSolver:
             beta = np.sqrt(h[0])
             if watch:
                 its = int(total.max())
-                if its - checkpoint[0] >= STALL_ITERATIONS:
+                if its - checkpoint[0] >= watch:
                     if np.any((beta > STALL_FACTOR * checkpoint[1]) & (beta > target)):
                         raise _Stalled
                     checkpoint = (its, beta)

@@ -790,3 +790,95 @@ def test_meta_gradient_on_a_sharp_policy_converges_with_krylov():
     L0, g0 = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), solver="splu").value_and_grad(theta)
     assert L == pytest.approx(L0, rel=1e-8)
     np.testing.assert_allclose(g, g0, rtol=1e-7, atol=1e-9 * np.abs(g0).max())
+
+
+def _nearby(M, gamma, scale, seed):
+    """``I - gamma P'`` on M's pattern, P' = P = (I - M) / gamma with its entries reweighted
+    by exp(scale N(0, 1)) and its rows normalised again (stochastic)."""
+    n = M.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(M.indptr))
+    diag = rows == M.indices
+    p = (np.where(diag, 1.0, 0.0) - M.data) / gamma
+    w = p * np.exp(scale * np.random.default_rng(seed).normal(size=M.nnz))
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    return sp.csr_matrix((np.where(diag, 1.0, 0.0) - gamma * w, M.indices, M.indptr), shape=M.shape)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_each_column_kernels_against_numpy(k):
+    """One matrix per column on a shared pattern (``solve_each``'s operator)."""
+    from fastmeta._kernels import krylov as kk
+    M = random_M(300, 0.9, seed=3, k=5)
+    n = M.shape[0]
+    rng = np.random.default_rng(k)
+    values = rng.normal(size=(M.nnz, k))
+    X, B = rng.normal(size=(n, k)), rng.normal(size=(n, k))
+    ref = np.column_stack([sp.csr_matrix((values[:, c], M.indices, M.indptr), shape=M.shape) @ X[:, c]
+                           for c in range(k)])
+    Y = np.empty_like(X)
+    for side in ("serial", "parallel"):
+        getattr(kk.csr_matvec_each, side)(M.indptr, M.indices, values, X, Y)
+        np.testing.assert_allclose(Y, ref, rtol=1e-12, atol=1e-12)
+        getattr(kk.csr_residual_each, side)(M.indptr, M.indices, values, X, B, Y)
+        np.testing.assert_allclose(Y, B - ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("trans", [False, True])
+def test_solve_each_solves_every_matrix_with_the_shared_preconditioner(trans):
+    M = grid_M(30, seed=0)
+    Ms = [_nearby(M, 0.99, 0.2, seed=c) for c in range(6)]  # 6 columns: blocks of 4 and 2
+    b = np.random.default_rng(1).random((M.shape[0], 6))
+    s = linalg.KrylovSolver(M, analyse(M))
+    x = s.solve_each(Ms, b, transposed=trans)
+    for c, Mc in enumerate(Ms):
+        A = (Mc.T if trans else Mc).tocsc()
+        assert np.linalg.norm(b[:, c] - A @ x[:, c]) <= 1e-10 * np.linalg.norm(b[:, c])
+        np.testing.assert_allclose(x[:, c], sp.linalg.spsolve(A, b[:, c]), rtol=1e-8)
+    assert s.residual_each <= 1e-10
+    # M's preconditioner serves these M_c about as well as their own would
+    own = []
+    for c, Mc in enumerate(Ms):
+        o = linalg.KrylovSolver(Mc, analyse(M))
+        (o.solve_transposed if trans else o.solve)(b[:, c])
+        own.append(o.iterations_transposed if trans else o.iterations)
+    assert 0 < s.iterations_each <= 1.3 * max(own)
+    assert s._hier_t is (None if not trans else s._hierarchy(True))  # nothing built for the M_c
+    # a good start is taken (the solution itself: no iteration left)
+    y = s.solve_each(Ms, b, x0=[np.zeros_like(b), x], transposed=trans)
+    np.testing.assert_allclose(y, x, rtol=1e-9)
+    assert s.iterations_each <= 1
+
+
+def test_solve_each_falls_back_to_preconditioners_of_their_own(monkeypatch):
+    """Where the shared preconditioner does not make progress, each matrix gets its own solver."""
+    M = grid_M(30, seed=0)
+    Ms = [_nearby(M, 0.99, 2.0, seed=c) for c in range(3)]
+    b = np.random.default_rng(2).random((M.shape[0], 3))
+    s = linalg.KrylovSolver(M, analyse(M))
+    own = []
+    solve = linalg.KrylovSolver._solve
+
+    def counted(self, *args):
+        own.append(self)
+        return solve(self, *args)
+
+    monkeypatch.setattr(linalg.KrylovSolver, "_solve", counted)
+    monkeypatch.setattr(linalg, "EACH_STALL_ITERATIONS", 2)
+    monkeypatch.setattr(linalg, "STALL_FACTOR", 1e-30)  # no progress is enough: always falls back
+    x = s.solve_each(Ms, b)
+    assert len(own) == 3 and all(o is not s for o in own)
+    for c, Mc in enumerate(Ms):
+        np.testing.assert_allclose(x[:, c], sp.linalg.spsolve(Mc.tocsc(), b[:, c]), rtol=1e-8)
+
+
+def test_solve_each_rejects_what_it_cannot_solve():
+    M = grid_M(10, seed=0)
+    s = linalg.KrylovSolver(M, analyse(M))
+    b = np.ones((M.shape[0], 2))
+    with pytest.raises(ValueError, match="one column per matrix"):
+        s.solve_each([M], b)
+    with pytest.raises(ValueError, match=r"Ms\[1\] must be a CSR matrix with the pattern"):
+        s.solve_each([M, random_M(M.shape[0], 0.9, seed=1)], b)
+    op = sp.linalg.aslinearoperator(M)
+    with pytest.raises(TypeError, match="LinearOperator"):
+        linalg.KrylovSolver(op, None, preconditioner="none").solve_each([M], b[:, :1])

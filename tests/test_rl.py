@@ -160,3 +160,31 @@ def test_bad_features():
         LinearEnergy(np.full((2, 2, 2), np.inf))
     with pytest.raises(ValueError, match=r"'phi' parameter of LinearEnergy must have shape"):
         LinearEnergy(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("eta", [1.0, 2e3])
+def test_adapted_systems_in_lockstep_agree_with_one_by_one(monkeypatch, eta):
+    """Krylov groups solve the adapted systems together with M's preconditioner (eta = 2e3: adapted
+    policies far from pi, max_s ||pi_i(s) - pi(s)||_1 ~ 1); one by one, each with its own, and splu agree."""
+    from fastmeta import linalg, rl
+    tasks, phi = fastmeta.tasks.gridworld_goals(3, 20, gamma=0.95, seed=3)
+    theta = np.random.default_rng(0).normal(size=phi.shape[2])
+    calls = []
+    for name in ("solve_each", "_solve"):
+        orig = getattr(linalg.KrylovSolver, name)
+        monkeypatch.setattr(linalg.KrylovSolver, name,
+                            lambda self, *a, name=name, orig=orig, **k: calls.append(name) or orig(self, *a, **k))
+    results = {}
+    for lockstep in (True, False):
+        monkeypatch.setattr(rl, "LOCKSTEP_ADAPTED", lockstep)
+        del calls[:]
+        results[lockstep] = MetaRL(tasks, LinearEnergy(phi), eta=eta, solver="krylov").value_and_grad(theta)
+        if lockstep:  # values and visitations of the 3 tasks in two calls; M's own two solves
+            # (eta = 2e3: M's preconditioner stalls on the M_i, which then get solvers of their own)
+            assert calls.count("solve_each") == 2 and calls.count("_solve") == (2 if eta == 1.0 else 8)
+        else:
+            assert calls.count("solve_each") == 0 and calls.count("_solve") == 8
+    L0, g0 = MetaRL(tasks, LinearEnergy(phi), eta=eta, solver="splu").value_and_grad(theta)
+    for L, g in results.values():
+        assert L == pytest.approx(L0, rel=1e-9)
+        np.testing.assert_allclose(g, g0, rtol=1e-7, atol=1e-9 * np.abs(g0).max())

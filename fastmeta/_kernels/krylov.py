@@ -131,6 +131,60 @@ def csr_residual(K):
     return csr_residual
 
 
+@column_kernel(block=3)
+def csr_matvec_each(K):
+    """``Y[:, c] = A_c @ X[:, c]`` for K matrices on one CSR pattern, values ``data[:, c]``
+    (``(nnz, K)``: the pattern is read once for the K matrices; parallel over rows)."""
+    def csr_matvec_each(indptr, indices, data, X, Y):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = s1 = s2 = s3 = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                s0 += data[p, 0] * X[j, 0]
+                if K > 1:
+                    s1 += data[p, 1] * X[j, 1]
+                if K > 2:
+                    s2 += data[p, 2] * X[j, 2]
+                if K > 3:
+                    s3 += data[p, 3] * X[j, 3]
+            Y[i, 0] = s0
+            if K > 1:
+                Y[i, 1] = s1
+            if K > 2:
+                Y[i, 2] = s2
+            if K > 3:
+                Y[i, 3] = s3
+    return csr_matvec_each
+
+
+@column_kernel(block=3)
+def csr_residual_each(K):
+    """``R[:, c] = B[:, c] - A_c @ X[:, c]`` for K matrices on one pattern (see ``csr_matvec_each``)."""
+    def csr_residual_each(indptr, indices, data, X, B, R):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = B[i, 0]
+            s1 = B[i, 1] if K > 1 else 0.0
+            s2 = B[i, 2] if K > 2 else 0.0
+            s3 = B[i, 3] if K > 3 else 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                s0 -= data[p, 0] * X[j, 0]
+                if K > 1:
+                    s1 -= data[p, 1] * X[j, 1]
+                if K > 2:
+                    s2 -= data[p, 2] * X[j, 2]
+                if K > 3:
+                    s3 -= data[p, 3] * X[j, 3]
+            R[i, 0] = s0
+            if K > 1:
+                R[i, 1] = s1
+            if K > 2:
+                R[i, 2] = s2
+            if K > 3:
+                R[i, 3] = s3
+    return csr_residual_each
+
+
 @column_kernel(block=4)
 def gs_sweep(K):
     """One in-place block Gauss-Seidel sweep for ``A X = B``, X an (n, K) block.
