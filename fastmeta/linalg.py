@@ -146,8 +146,9 @@ GS_BLOCKS = 16
 #: instead of 12 saves about 10% of the bytes moved per iteration (see the study).
 KRYLOV_RESTART = 5
 #: GMRES: the restart is lowered for large systems so that the basis fits in this
-#: many bytes (10^7 states, 4 columns: restart 2, 1.6 GB).
-KRYLOV_BASIS_BYTES = 512 * 2**20
+#: many bytes (10^6 states, 4 columns: restart 4, 288 MB, for the same iterations as
+#: restart 5 and 64 MB less at the peak of a gradient; 10^7 states: restart 2, 1.6 GB).
+KRYLOV_BASIS_BYTES = 320 * 2**20
 #: GMRES: storage precision of the Krylov basis and of the preconditioned basis.
 #: The arithmetic is float64 and every restart recomputes the true residual in
 #: float64 from the float64 iterate, so a float32 basis (as in compressed-basis
@@ -1005,7 +1006,8 @@ class KrylovSolver:
         Parameters
         ----------
         Ms : sequence of scipy.sparse.csr_matrix
-            The ``k`` matrices, each with the pattern of ``M`` (this solver's plan).
+            The ``k`` matrices, each with the pattern of ``M`` (this solver's plan). Each
+            is read once per block (``Ms[c]`` may build it on access, to save memory).
         b : ndarray, shape (n, k)
             One right-hand side per matrix.
         x0 : ndarray or list of ndarray, optional
@@ -1027,9 +1029,9 @@ class KrylovSolver:
         b = _check_rhs(b, self.n)
         if b.ndim != 2 or b.shape[1] != len(Ms):
             raise ValueError(f"b must have shape ({self.n}, {len(Ms)}) (one column per matrix), got {b.shape}")
-        for c, Mc in enumerate(Ms):
-            if not sp.isspmatrix_csr(Mc) or not self.plan.matches(Mc):
-                raise ValueError(f"Ms[{c}] must be a CSR matrix with the pattern of this solver's M")
+        if len(Ms) > KRYLOV_BLOCK:  # (one block: checked as its values are read, before its solve)
+            for c in range(len(Ms)):
+                self._check_each(c, Ms[c])
         X0 = self._starts(x0, b)
         X = np.empty(b.shape)
         its, rel = 0, 0.0
@@ -1037,15 +1039,15 @@ class KrylovSolver:
         watch = EACH_STALL_ITERATIONS if isinstance(self.preconditioner, str) and self._hier is not None else 0
         for c in range(0, b.shape[1], KRYLOV_BLOCK):
             sl = slice(c, min(b.shape[1], c + KRYLOV_BLOCK))
-            ops = self._operator_each(Ms[sl], transposed)
+            ops = self._operator_each(Ms, sl, transposed)
             starts = [x[:, sl] for x in X0]
             try:
                 X[:, sl], it, r = self._gmres(np.ascontiguousarray(b[:, sl]), starts, transposed, False, watch,
                                               ops=ops)
             except _Stalled:
                 it = r = 0
-                for j, Mc in zip(range(sl.start, sl.stop), Ms[sl]):
-                    own = KrylovSolver(Mc, self.plan, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
+                for j in range(sl.start, sl.stop):
+                    own = KrylovSolver(Ms[j], self.plan, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
                                        restart=self.restart, preconditioner=self.preconditioner)
                     X[:, j], it_j, r_j = own._solve(b[:, j], [x[:, j] for x in X0], transposed)
                     it, r = max(it, it_j), max(r, r_j)
@@ -1053,17 +1055,22 @@ class KrylovSolver:
         self.iterations_each, self.residual_each = its, rel
         return X
 
-    def _operator_each(self, Ms, trans):
-        """``(indptr, indices, values)`` of the matrices ``Ms`` (or their transposes), values ``(nnz, k)``."""
+    def _check_each(self, c, Mc):
+        if not sp.isspmatrix_csr(Mc) or not self.plan.matches(Mc):
+            raise ValueError(f"Ms[{c}] must be a CSR matrix with the pattern of this solver's M")
+
+    def _operator_each(self, Ms, sl, trans):
+        """``(indptr, indices, values)`` of the matrices ``Ms[sl]`` (or their transposes), values
+        ``(nnz, k)``; each matrix is read once (``Ms`` may build them on access)."""
         p = self.plan
-        values = np.empty((p.nnz, len(Ms)))
-        column = np.empty(p.nnz) if trans else None
-        for c, Mc in enumerate(Ms):
+        values = np.empty((p.nnz, sl.stop - sl.start))
+        for j, c in enumerate(range(sl.start, sl.stop)):
+            Mc = Ms[c]
+            self._check_each(c, Mc)
             if trans:
-                _k.gather(Mc.data, p.transpose_pattern[2], column)
-                values[:, c] = column
+                _k.gather(Mc.data, p.transpose_pattern[2], values[:, j])
             else:
-                values[:, c] = Mc.data
+                values[:, j] = Mc.data
         ip, ix = (p.transpose_pattern[:2] if trans else (p.indptr, p.indices))
         return ip, ix, values
 

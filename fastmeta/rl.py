@@ -135,6 +135,20 @@ class PolicyPattern:
         return sp.csr_matrix((data, self.indices, self.indptr), shape=(S, S), copy=False)
 
 
+class _AdaptedMatrices(Sequence):
+    """The adapted matrices M_i = I - gamma P_{pi_i} of a group, each built when it is read
+    (40 MB of values each at 10^6 states: not kept between the solves that read them)."""
+
+    def __init__(self, pattern: PolicyPattern, P: sp.csr_matrix, pis: list[np.ndarray], gamma: float):
+        self._pattern, self._P, self._pis, self._gamma = pattern, P, pis, gamma
+
+    def __len__(self) -> int:
+        return len(self._pis)
+
+    def __getitem__(self, i: int) -> sp.csr_matrix:
+        return self._pattern.matrix(self._P, self._pis[i], self._gamma)
+
+
 @dataclass
 class TaskTrace:
     """Everything computed for one task at one theta (see :meth:`MetaRL.trace`).
@@ -728,12 +742,19 @@ class MetaRL(EnergyObjective):
             R_i[:, j] = r_pi
             A = np.empty_like(f)
             _k.centred_advantage(Q, pi, A)  # exact zeros where pi is saturated
-            traces.append(TaskTrace(pi=pi, V=V, Q=Q, A=A, pi_i=pi_i, V_i=None, J_i=0.0))
+            # (Q is kept only for callers of the traces: 32 MB per task at 10^6 states and A = 4)
+            traces.append(TaskTrace(pi=pi, V=V, Q=Q if keep else None, A=A, pi_i=pi_i, V_i=None, J_i=0.0))
+            del Q
         self._tick("kernels")
         lockstep = LOCKSTEP_ADAPTED and isinstance(fac, linalg.KrylovSolver)
         if lockstep:
-            V_all, nu_all = self._adapted_in_lockstep(fac, pattern, P, gamma, tasks, traces, R_i, U, warm, keys,
-                                                      want_grad)
+            V_all = self._adapted_in_lockstep(fac, pattern, P, gamma, traces, R_i, U, "V_i", warm, keys, False)
+            U = R_i = None  # not read again on this path: freed before the next solves
+            if want_grad:
+                zetas = np.column_stack([task.init for task in tasks])
+                nu_all = self._adapted_in_lockstep(fac, pattern, P, gamma, traces, zetas, None, "nu_i", warm, keys,
+                                                   True)
+                del zetas
         MU = np.empty((S, len(tasks))) if want_grad else None  # mu_i = P^T (sigma_i A_i)
         mu_i = np.empty(S)
         nu_prev = None
@@ -784,9 +805,14 @@ class MetaRL(EnergyObjective):
             _k.add_own_term(sigma_i, A_i, 1.0 / ((1.0 - gamma) * self.tau), trace.grad_energy)
             if keep:
                 trace.Q_i, trace.A_i, trace.nu_i, trace.sigma_i = Q_i, A_i, nu_i, sigma_i
+            else:  # not read again: free it before the adjoint solve (32 MB per task at 10^6 x 4)
+                trace.pi_i = None
             self._tick("kernels")
         if not want_grad:
             return traces
+        # free the per-task work arrays (the last task's, and the lockstep's results) before the
+        # adjoint solve, which is where the memory of a large gradient peaks
+        pi_i = Q_i = A_i = sigma_i = weighted = V_all = nu_all = U = R = R_i = None
         XI = fac.solve_transposed(MU, x0=None if warm is None else warm.get(("XI", *keys)))
         if warm is not None:
             warm[("XI", *keys)] = XI.copy()
@@ -802,41 +828,30 @@ class MetaRL(EnergyObjective):
         return traces
 
     def _adapted_in_lockstep(self, fac: linalg.KrylovSolver, pattern: PolicyPattern, P: sp.csr_matrix,
-                             gamma: float, tasks: list[TabularMDP], traces: list[TaskTrace], R_i: np.ndarray,
-                             U: np.ndarray, warm: dict | None, keys: list | None,
-                             want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Every task's adapted values ``M_i^{-1} r_{pi_i}`` and visitations ``M_i^{-T} zeta_i``
-        (columns, unscaled), solved together with the main effect's Krylov solver.
+                             gamma: float, traces: list[TaskTrace], B: np.ndarray, start: np.ndarray | None,
+                             name: str, warm: dict | None, keys: list | None, transposed: bool) -> np.ndarray:
+        """Every task's adapted values ``M_i^{-1} r_{pi_i}`` (``B`` = the ``r_{pi_i}``) or, if
+        ``transposed``, visitations ``M_i^{-T} zeta_i`` (``B`` = the ``zeta_i``), as unscaled
+        columns, solved together with the main effect's Krylov solver.
 
         pi_i is one PPO step from pi, so M's preconditioner serves each M_i about as well as
-        one of its own (measured on the 10^6 benchmark: 17 instead of 14 iterations forward, 28
-        and 28 transposed), none is built per task, and each GMRES iteration reads the pattern
-        once for all tasks (``KrylovSolver.solve_each``).  Where a large step makes M_i too
-        different for it, ``solve_each`` notices within ``EACH_STALL_ITERATIONS`` and solves
-        task by task with preconditioners of their own.
+        one of its own (10^6 benchmark: 21 iterations for the 4 forward systems together
+        against 12-21 each with their own, 28 against 14-28 transposed), none is built per
+        task, and each GMRES iteration reads the pattern once for all tasks
+        (``KrylovSolver.solve_each``).  Where a large step makes M_i too different for it,
+        ``solve_each`` notices within ``EACH_STALL_ITERATIONS`` and solves task by task
+        with preconditioners of their own.
         """
-        matrices = [pattern.matrix(P, trace.pi_i, gamma) for trace in traces]
-        self._tick("build M")
-
-        def starts(name, first):
-            found = [first] if first is not None else []
-            if warm is not None and all((name, key) in warm for key in keys):
-                found.append(np.column_stack([warm[(name, key)] for key in keys]))
-            return found
-
-        V_all = fac.solve_each(matrices, R_i, x0=starts("V_i", U))
-        self._tick("solve")
-        nu_all = None
-        if want_grad:
-            zetas = np.column_stack([task.init for task in tasks])
-            nu_all = fac.solve_each(matrices, zetas, x0=starts("nu_i", None), transposed=True)
-            self._tick("solve transposed")
+        matrices = _AdaptedMatrices(pattern, P, [trace.pi_i for trace in traces], gamma)
+        starts = [] if start is None else [start]
+        if warm is not None and all((name, key) in warm for key in keys):
+            starts.append(np.column_stack([warm[(name, key)] for key in keys]))
+        X = fac.solve_each(matrices, B, x0=starts, transposed=transposed)
+        self._tick("solve transposed" if transposed else "solve")
         if warm is not None:
             for j, key in enumerate(keys):
-                warm[("V_i", key)] = V_all[:, j].copy()
-                if nu_all is not None:
-                    warm[("nu_i", key)] = nu_all[:, j].copy()
-        return V_all, nu_all
+                warm[(name, key)] = X[:, j].copy()
+        return X
 
     def _tag(self) -> dict[str, str]:
         """Everything that determines a fit's trajectory, one checkpoint-tag entry per component."""

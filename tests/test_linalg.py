@@ -442,11 +442,11 @@ def test_krylov_accepts_a_linear_operator():
 def test_krylov_restart_fits_the_basis_budget(monkeypatch):
     assert linalg.KRYLOV_BASIS_DTYPE == np.float64
     assert linalg.krylov_restart(12, 1000, 4) == 12
-    assert linalg.krylov_restart(12, 10**6, 4) == 7   # float64: 15 blocks of 32 MB <= 512 MiB
+    assert linalg.krylov_restart(12, 10**6, 4) == 4   # float64: 9 blocks of 32 MB <= 320 MiB
     assert linalg.krylov_restart(12, 10**7, 4) == 2   # never below 2
     assert linalg.krylov_restart(1, 10**7, 4) == 1
     monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float32)
-    assert linalg.krylov_restart(12, 2 * 10**6, 4) == 7   # 15 float32 blocks of 32 MB
+    assert linalg.krylov_restart(12, 2 * 10**6, 4) == 4   # 9 float32 blocks of 32 MB
     # a solve under a tiny budget still converges (restart 2)
     monkeypatch.setattr(linalg, "KRYLOV_BASIS_DTYPE", np.float64)
     monkeypatch.setattr(linalg, "KRYLOV_BASIS_BYTES", 8 * 576 * 5)
