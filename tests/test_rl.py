@@ -188,3 +188,9 @@ def test_adapted_systems_in_lockstep_agree_with_one_by_one(monkeypatch, eta):
     for L, g in results.values():
         assert L == pytest.approx(L0, rel=1e-9)
         np.testing.assert_allclose(g, g0, rtol=1e-7, atol=1e-9 * np.abs(g0).max())
+    # expander-like chains (Gauss-Seidel preconditioner): one by one, nothing to share
+    monkeypatch.setattr(rl, "LOCKSTEP_ADAPTED", True)
+    tasks, phi = fastmeta.tasks.random_mdps(3, 200, 4, k=4, gamma=0.9, n_features=5, seed=1)
+    del calls[:]
+    MetaRL(tasks, LinearEnergy(phi), eta=eta, solver="krylov").value_and_grad(np.ones(5))
+    assert calls.count("solve_each") == 0 and calls.count("_solve") == 12  # 3 kernels: 3 groups of 4
