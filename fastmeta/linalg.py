@@ -107,11 +107,11 @@ SPLU_BANDWIDTH_FACTOR = 3.0
 
 #: AMG: the coarsest level has at most this many rows (then a dense LU).
 AMG_COARSE_SIZE = 200
+AMG_MAX_LEVELS = 20
 #: AMG: stop coarsening if a level has fewer than this ratio of coarsening.
 AMG_MIN_RATIO = 1.5
 #: AMG: stop coarsening if the coarse nnz per row exceeds this.
 AMG_MAX_ROW_NNZ = 60
-AMG_MAX_LEVELS = 20
 #: AMG: pairwise matching only along couplings >= this times the row's strongest.
 AMG_STRENGTH = 0.0
 #: AMG: Gauss-Seidel sweeps after the coarse correction on the finest level, and the
@@ -128,6 +128,20 @@ AMG_NSWEEP_COARSE = 2
 AMG_OMEGA = 1.0
 #: AMG: cycle index, coarse-grid recursions per level (1: V-cycle, 2: W-cycle).
 AMG_CYCLE_INDEX = 1
+#: AMG: interpolation between levels. ``"constant"``: piecewise-constant over the aggregates
+#: (plain aggregation, ``P = T``, ``R = T^T``); ``"smoothed"``: smoothed aggregation with
+#: the same aggregates, ``P = (I - w D^-1 A) T`` and the Petrov-Galerkin ``R = T^T (I - w A D^-1)``
+#: (the transpose of the smoothed prolongation of ``A^T``), ``w = AMG_SA_OMEGA``.
+AMG_INTERPOLATION = "smoothed"
+INTERPOLATIONS = ("constant", "smoothed")
+#: AMG, smoothed aggregation: damping of the Jacobi step that smooths ``T``.
+AMG_SA_OMEGA = 0.5
+#: AMG, smoothed aggregation: only the transfers of this many levels from the finest are
+#: smoothed, the coarser ones are piecewise constant.
+AMG_SA_LEVELS = 1
+#: AMG, smoothed aggregation: coarse entries ``|a_ij| < AMG_SA_DROP sqrt(|a_ii a_jj|)`` are
+#: dropped (added to the diagonal, so that row sums are kept); 0 keeps every entry.
+AMG_SA_DROP = 0.0
 #: Storage precision of the preconditioner (level matrices, smoother, cycle vectors).
 #: GMRES runs on the float64 ``M`` and keeps the preconditioned vectors (flexible
 #: GMRES), so this limits only how good the preconditioner is, not the accuracy of
@@ -559,6 +573,18 @@ class _Level:
         self.prolong = getattr(_k.prolong_add, self.par)
         self.cast = getattr(_k.cast_copy, self.par)
         self.agg = self.ptr = self.members = None
+        self.P = self.R = None  # smoothed aggregation: CSR (indptr, indices, data) of P and R
+        self.to_coarse = self.from_coarse = None
+
+    def bind_transfer(self):
+        """Fix the transfer kernels to the next level: ``to_coarse(r, rc)`` (``rc = R r``) and
+        ``from_coarse(e, x)`` (``x += P e``), after the level's arrays have their final dtype."""
+        if self.P is None:
+            self.to_coarse = functools.partial(self.restrict, self.ptr, self.members)
+            self.from_coarse = functools.partial(self.prolong, self.agg)
+        else:
+            self.to_coarse = functools.partial(getattr(_k.csr_matvec, self.par), *self.R)
+            self.from_coarse = functools.partial(getattr(_k.csr_matvec_add, self.par), *self.P)
 
 
 def _gs_blocks(n: int) -> int:
@@ -582,6 +608,41 @@ def _galerkin(lv_ip, lv_ix, lv_dv, agg, nc):
     return ptr, members, cip, cix[:cnt].copy(), cdv[:cnt].copy(), cdg
 
 
+def _smoothed_galerkin(lv, agg, nc, omega, drop):
+    """Smoothed aggregation transfer of level ``lv`` (float64) for aggregates ``agg``:
+    ``(P, R, coarse)``, each a CSR triple ``(indptr, indices, data)``, ``coarse = R A P``
+    (sorted rows, then ``coarse`` diagonal positions as a fourth element)."""
+    n, nnz, idt = lv.n, lv.indices.shape[0], lv.indices.dtype
+    pip, pix, pdv = np.empty(n + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
+    cnt = _k.sa_prolongator(lv.indptr, lv.indices, lv.data, lv.diag, agg, omega,
+                            np.empty(nc, np.int64), pip, pix, pdv)
+    P = (pip, pix[:cnt].copy(), pdv[:cnt].copy())
+    rip, rix, rdv = np.empty(nc + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
+    cnt = _k.sa_restrictor(lv.indptr, lv.indices, lv.data, lv.diag, lv.ptr, lv.members, omega,
+                           np.empty(n, np.int64), rip, rix, rdv)
+    R = (rip, rix[:cnt].copy(), rdv[:cnt].copy())
+    AP = _spgemm((lv.indptr, lv.indices, lv.data), P, nc, idt)
+    cip, cix, cdv = _spgemm(R, AP, nc, idt)
+    del AP
+    if drop > 0:
+        kip = np.empty_like(cip)
+        kept = _k.drop_small(cip, cix, cdv, drop, kip, cix, cdv)  # in place: writes never pass the reads
+        cip, cix, cdv = kip, cix[:kept].copy(), cdv[:kept].copy()
+    cdg = np.empty(nc, dtype=idt)
+    _k.sort_rows(cip, cix, cdv, cdg)
+    return P, R, (cip, cix, cdv, cdg)
+
+
+def _spgemm(A, B, ncols, idt):
+    """``A @ B`` of CSR triples (Numba, serial: symbolic then numerical pass)."""
+    marker = np.empty(ncols, np.int64)
+    cip = np.empty(A[0].shape[0], np.int64)
+    nnz = _k.spgemm_rows(A[0], A[1], B[0], B[1], marker, cip)
+    cix, cdv = np.empty(nnz, idt), np.empty(nnz)
+    _k.spgemm(A[0], A[1], A[2], B[0], B[1], B[2], marker, cip, cix, cdv)
+    return cip, cix, cdv
+
+
 class _Hierarchy:
     """Aggregation AMG hierarchy for one matrix, built from its values.
 
@@ -601,7 +662,11 @@ class _Hierarchy:
     """
 
     def __init__(self, indptr, indices, data, diag, max_levels=AMG_MAX_LEVELS,
-                 nsweep=None, cycles=None, dtype=None):
+                 nsweep=None, cycles=None, dtype=None, interpolation=None):
+        self.interpolation = AMG_INTERPOLATION if interpolation is None else interpolation
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        smoothed = self.interpolation == "smoothed"
         self.levels = [_Level(indptr, indices, data, diag)]
         while len(self.levels) < max_levels:
             lv = self.levels[-1]
@@ -615,15 +680,22 @@ class _Hierarchy:
             if nc * AMG_MIN_RATIO > lv.n:
                 break
             agg = agg2[agg1]
-            ptr, members, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
+            # members of the combined aggregates, in fine numbering
+            ptr = np.empty(nc + 1, dtype=np.int64)
+            members = np.empty(lv.n, dtype=agg.dtype)
+            _k.agg_members(agg, ptr, members)
+            smoothed_here = smoothed and len(self.levels) <= AMG_SA_LEVELS
+            if smoothed_here:
+                lv.ptr, lv.members = ptr, members
+                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, nc, AMG_SA_OMEGA, AMG_SA_DROP)
+            else:
+                _, _, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
+                P = R = None
             del ip1, ix1, dv1
             if cix.shape[0] > AMG_MAX_ROW_NNZ * nc:
+                lv.ptr = lv.members = None
                 break
-            # members of the combined aggregates, in fine numbering
-            lv.ptr = np.empty(nc + 1, dtype=np.int64)
-            lv.members = np.empty(lv.n, dtype=agg.dtype)
-            _k.agg_members(agg, lv.ptr, lv.members)
-            lv.agg = agg
+            lv.ptr, lv.members, lv.agg, lv.P, lv.R = ptr, members, agg, P, R
             self.levels.append(_Level(cip, cix, cdv, cdg))
         last = self.levels[-1]
         self.lu = None
@@ -637,6 +709,11 @@ class _Hierarchy:
         for l, lv in enumerate(self.levels):
             lv.data = lv.data.astype(self.dtype, copy=False)
             lv.invd = lv.invd.astype(self.dtype, copy=False)
+            if lv.P is not None:
+                lv.P = lv.P[:2] + (lv.P[2].astype(self.dtype),)
+                lv.R = lv.R[:2] + (lv.R[2].astype(self.dtype),)
+            if lv.agg is not None:
+                lv.bind_transfer()
             # the smoother's first sweep reads only the strictly lower part, which needs
             # sorted rows (Galerkin rows come in order of first appearance); sorted after
             # the coarsening, so that the aggregates and coarse values do not change
@@ -706,9 +783,9 @@ class _Hierarchy:
         bc, xc = work[l + 1][0], work[l + 1][1]
         for c in range(self.cycles if l + 2 < len(self.levels) else 1):
             lv.residual(*ops, x, b, xold)
-            lv.restrict(lv.ptr, lv.members, xold, bc)
+            lv.to_coarse(xold, bc)
             self._cycle(l + 1, bc, xc, work)
-            lv.prolong(lv.agg, xc, x)
+            lv.from_coarse(xc, x)
         for _ in range(self.nsweep if l == 0 else self.nsweep_coarse):
             self._smooth(lv, ops, b, x, xold, False)
 

@@ -327,6 +327,33 @@ def restrict_sum(K):
     return restrict_sum
 
 
+@column_kernel(block=3)
+def csr_matvec_add(K):
+    """``Y += A @ X`` for a CSR matrix and an (n, K) block (parallel over rows): the smoothed
+    prolongation ``x += P e`` (``P`` stored by fine rows, so every row is written once)."""
+    def csr_matvec_add(indptr, indices, data, X, Y):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = s1 = s2 = s3 = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                if K > 1:
+                    s1 += a * X[j, 1]
+                if K > 2:
+                    s2 += a * X[j, 2]
+                if K > 3:
+                    s3 += a * X[j, 3]
+            Y[i, 0] += s0
+            if K > 1:
+                Y[i, 1] += s1
+            if K > 2:
+                Y[i, 2] += s2
+            if K > 3:
+                Y[i, 3] += s3
+    return csr_matvec_add
+
+
 @sized
 def cast_copy(X, Y):  # pragma: no cover - numba
     """``Y[:] = X`` for (n, k) blocks of different precision (parallel over rows)."""
@@ -717,3 +744,166 @@ def galerkin(indptr, indices, data, agg, ptr, members, marker,
                     cdata[p] += data[k]
         cindptr[c + 1] = cnt
     return cnt
+
+
+# --------------------------------------------------------------------------
+# smoothed aggregation set-up (serial): P = (I - w D^-1 A) T, R = T^T (I - w A D^-1),
+# A_c = R A P, with T the piecewise-constant prolongation of the aggregates
+# --------------------------------------------------------------------------
+@jit
+def sa_prolongator(indptr, indices, data, diag, agg, omega, marker, pip, pix, pdv):  # pragma: no cover - numba
+    """Smoothed prolongation ``P = (I - omega D^-1 A) T`` (``n x nc``, CSR by fine rows).
+
+    ``T[i, agg[i]] = 1``; ``P[i, c] = [agg[i] == c] - omega / a_ii sum_{j in c} a_ij``.
+    Fills ``pip`` (n+1), ``pix``/``pdv`` (capacity ``nnz(A) + n``); ``marker`` is
+    int scratch of length nc. Columns of a row in order of first appearance.
+    Returns nnz(P).
+    """
+    n = indptr.shape[0] - 1
+    for c in range(marker.shape[0]):
+        marker[c] = -1
+    cnt = 0
+    pip[0] = 0
+    for i in range(n):
+        start = cnt
+        c = agg[i]
+        marker[c] = cnt
+        pix[cnt] = c
+        pdv[cnt] = 1.0
+        cnt += 1
+        w = omega / data[diag[i]]
+        for p in range(indptr[i], indptr[i + 1]):
+            c = agg[indices[p]]
+            v = -w * data[p]
+            q = marker[c]
+            if q < start:
+                marker[c] = cnt
+                pix[cnt] = c
+                pdv[cnt] = v
+                cnt += 1
+            else:
+                pdv[q] += v
+        pip[i + 1] = cnt
+    return cnt
+
+
+@jit
+def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip, rix, rdv):  # pragma: no cover - numba
+    """Petrov-Galerkin restriction ``R = T^T (I - omega A D^-1)`` (``nc x n``, CSR by aggregates),
+    the transpose of the smoothed prolongation of ``A^T``: ``R[c, j] = [j in c] - omega / a_jj
+    sum_{i in c} a_ij``.
+
+    ``ptr``/``members`` list the aggregates (:func:`agg_members`); fills ``rip`` (nc+1),
+    ``rix``/``rdv`` (capacity ``nnz(A) + n``); ``marker`` is int scratch of length n.
+    Returns nnz(R).
+    """
+    nc = ptr.shape[0] - 1
+    for j in range(marker.shape[0]):
+        marker[j] = -1
+    cnt = 0
+    rip[0] = 0
+    for c in range(nc):
+        start = cnt
+        for m in range(ptr[c], ptr[c + 1]):
+            i = members[m]
+            q = marker[i]
+            if q < start:
+                marker[i] = cnt
+                rix[cnt] = i
+                rdv[cnt] = 1.0
+                cnt += 1
+            else:
+                rdv[q] += 1.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                v = -omega * data[p] / data[diag[j]]
+                q = marker[j]
+                if q < start:
+                    marker[j] = cnt
+                    rix[cnt] = j
+                    rdv[cnt] = v
+                    cnt += 1
+                else:
+                    rdv[q] += v
+        rip[c + 1] = cnt
+    return cnt
+
+
+@jit
+def spgemm_rows(aip, aix, bip, bix, marker, cip):  # pragma: no cover - numba
+    """Symbolic sparse product ``C = A B`` (CSR): ``cip`` gets the row pointer of ``C``
+    (its number of stored entries per row, accumulated); ``marker`` is int scratch of
+    length ``ncols(B)``. Returns nnz(C)."""
+    for j in range(marker.shape[0]):
+        marker[j] = -1
+    cnt = 0
+    cip[0] = 0
+    for i in range(aip.shape[0] - 1):
+        for p in range(aip[i], aip[i + 1]):
+            k = aix[p]
+            for q in range(bip[k], bip[k + 1]):
+                j = bix[q]
+                if marker[j] != i:
+                    marker[j] = i
+                    cnt += 1
+        cip[i + 1] = cnt
+    return cnt
+
+
+@jit
+def spgemm(aip, aix, adv, bip, bix, bdv, marker, cip, cix, cdv):  # pragma: no cover - numba
+    """Numerical sparse product ``C = A B`` into the pattern sized by :func:`spgemm_rows`
+    (``cip`` given; ``cix``/``cdv`` filled, a row's columns in order of first appearance);
+    ``marker`` is int scratch of length ``ncols(B)``."""
+    for j in range(marker.shape[0]):
+        marker[j] = -1
+    for i in range(aip.shape[0] - 1):
+        start = cip[i]
+        cnt = start
+        for p in range(aip[i], aip[i + 1]):
+            k = aix[p]
+            a = adv[p]
+            for q in range(bip[k], bip[k + 1]):
+                j = bix[q]
+                r = marker[j]
+                if r < start:
+                    marker[j] = cnt
+                    cix[cnt] = j
+                    cdv[cnt] = a * bdv[q]
+                    cnt += 1
+                else:
+                    cdv[r] += a * bdv[q]
+
+
+@jit
+def drop_small(indptr, indices, data, tol, out_ip, out_ix, out_dv):  # pragma: no cover - numba
+    """Drop off-diagonal entries with ``|a_ij| < tol sqrt(|a_ii a_jj|)``, each added to its
+    row's diagonal (row sums, and so ``A 1``, are kept). Rows must store their diagonal.
+    Fills ``out_*`` (capacity of the input); returns the kept nnz."""
+    n = indptr.shape[0] - 1
+    d = np.empty(n)
+    for i in range(n):
+        d[i] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                d[i] = abs(data[p])
+    cnt = 0
+    out_ip[0] = 0
+    for i in range(n):
+        lumped = 0.0
+        dpos = -1
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            a = data[p]
+            if j != i and abs(a) < tol * np.sqrt(d[i] * d[j]):
+                lumped += a
+                continue
+            if j == i:
+                dpos = cnt
+            out_ix[cnt] = j
+            out_dv[cnt] = a
+            cnt += 1
+        out_dv[dpos] += lumped
+        out_ip[i + 1] = cnt
+    return cnt
+
