@@ -139,9 +139,6 @@ AMG_SA_OMEGA = 0.5
 #: AMG, smoothed aggregation: only the transfers of this many levels from the finest are
 #: smoothed, the coarser ones are piecewise constant.
 AMG_SA_LEVELS = 1
-#: AMG, smoothed aggregation: coarse entries ``|a_ij| < AMG_SA_DROP sqrt(|a_ii a_jj|)`` are
-#: dropped (added to the diagonal, so that row sums are kept); 0 keeps every entry.
-AMG_SA_DROP = 0.0
 #: Storage precision of the preconditioner (level matrices, smoother, cycle vectors).
 #: GMRES runs on the float64 ``M`` and keeps the preconditioned vectors (flexible
 #: GMRES), so this limits only how good the preconditioner is, not the accuracy of
@@ -608,7 +605,7 @@ def _galerkin(lv_ip, lv_ix, lv_dv, agg, nc):
     return ptr, members, cip, cix[:cnt].copy(), cdv[:cnt].copy(), cdg
 
 
-def _smoothed_galerkin(lv, agg, nc, omega, drop):
+def _smoothed_galerkin(lv, agg, nc, omega):
     """Smoothed aggregation transfer of level ``lv`` (float64) for aggregates ``agg``:
     ``(P, R, coarse)``, each a CSR triple ``(indptr, indices, data)``, ``coarse = R A P``
     (sorted rows, then ``coarse`` diagonal positions as a fourth element)."""
@@ -624,23 +621,25 @@ def _smoothed_galerkin(lv, agg, nc, omega, drop):
     AP = _spgemm((lv.indptr, lv.indices, lv.data), P, nc, idt)
     cip, cix, cdv = _spgemm(R, AP, nc, idt)
     del AP
-    if drop > 0:
-        kip = np.empty_like(cip)
-        kept = _k.drop_small(cip, cix, cdv, drop, kip, cix, cdv)  # in place: writes never pass the reads
-        cip, cix, cdv = kip, cix[:kept].copy(), cdv[:kept].copy()
     cdg = np.empty(nc, dtype=idt)
     _k.sort_rows(cip, cix, cdv, cdg)
     return P, R, (cip, cix, cdv, cdg)
 
 
 def _spgemm(A, B, ncols, idt):
-    """``A @ B`` of CSR triples (Numba, serial: symbolic then numerical pass)."""
-    marker = np.empty(ncols, np.int64)
+    """``A @ B`` of CSR triples (Numba: symbolic then numerical pass, ``SPGEMM_CHUNKS`` row
+    chunks in parallel, each with a marker array over the columns of ``B``)."""
+    marker = np.empty((SPGEMM_CHUNKS, ncols), np.int64)
     cip = np.empty(A[0].shape[0], np.int64)
     nnz = _k.spgemm_rows(A[0], A[1], B[0], B[1], marker, cip)
     cix, cdv = np.empty(nnz, idt), np.empty(nnz)
     _k.spgemm(A[0], A[1], A[2], B[0], B[1], B[2], marker, cip, cix, cdv)
     return cip, cix, cdv
+
+
+#: AMG set-up: the sparse products run in this many fixed row chunks (a multiple of 4, so
+#: that 1, 2 or 4 threads get equal shares; the results do not depend on it).
+SPGEMM_CHUNKS = 8
 
 
 class _Hierarchy:
@@ -687,7 +686,7 @@ class _Hierarchy:
             smoothed_here = smoothed and len(self.levels) <= AMG_SA_LEVELS
             if smoothed_here:
                 lv.ptr, lv.members = ptr, members
-                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, nc, AMG_SA_OMEGA, AMG_SA_DROP)
+                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, nc, AMG_SA_OMEGA)
             else:
                 _, _, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
                 P = R = None

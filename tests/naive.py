@@ -416,18 +416,6 @@ def smoothed_restrictor(A, agg, nc, omega):
     return smoothed_prolongator(A.T, agg, nc, omega).T
 
 
-def drop_small_entries(A, tol):
-    """Off-diagonal |a_ij| < tol sqrt(|a_ii a_jj|) moved onto the diagonal of their row."""
-    A = A.copy()
-    d = np.abs(np.diag(A)).copy()
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if i != j and A[i, j] != 0.0 and abs(A[i, j]) < tol * np.sqrt(d[i] * d[j]):
-                A[i, i] += A[i, j]
-                A[i, j] = 0.0
-    return A
-
-
 def gauss_seidel(A, b, x, forward=True):
     """One Gauss-Seidel sweep for A x = b, row by row (ascending if forward)."""
     x = x.copy()

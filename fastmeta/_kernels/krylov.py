@@ -242,11 +242,11 @@ def rows_sorted(indptr, indices):  # pragma: no cover - numba
     return True
 
 
-@jit
+@sized
 def sort_rows(indptr, indices, data, diag):  # pragma: no cover - numba
     """Sort every CSR row by column (insertion sort: rows are short) and store the
-    position of each row's diagonal entry in ``diag``."""
-    for i in range(indptr.shape[0] - 1):
+    position of each row's diagonal entry in ``diag`` (rows in parallel: independent)."""
+    for i in prange(indptr.shape[0] - 1):
         lo, hi = indptr[i], indptr[i + 1]
         for p in range(lo + 1, hi):
             j, a = indices[p], data[p]
@@ -829,81 +829,64 @@ def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip,
     return cnt
 
 
-@jit
+@sized
 def spgemm_rows(aip, aix, bip, bix, marker, cip):  # pragma: no cover - numba
-    """Symbolic sparse product ``C = A B`` (CSR): ``cip`` gets the row pointer of ``C``
-    (its number of stored entries per row, accumulated); ``marker`` is int scratch of
-    length ``ncols(B)``. Returns nnz(C)."""
-    for j in range(marker.shape[0]):
-        marker[j] = -1
-    cnt = 0
+    """Symbolic sparse product ``C = A B`` (CSR): ``cip`` gets the row pointer of ``C``.
+
+    Rows are split into ``marker.shape[0]`` fixed chunks, each with its own row of
+    ``marker`` (int scratch of shape ``(chunks, ncols(B))``); a row's count does not
+    depend on the chunking, so neither does the result. Returns nnz(C).
+    """
+    n = aip.shape[0] - 1
+    nch = marker.shape[0]
+    csize = (n + nch - 1) // nch
+    for c in prange(nch):
+        mk = marker[c]
+        for j in range(mk.shape[0]):
+            mk[j] = -1
+        for i in range(c * csize, min(n, (c + 1) * csize)):
+            cnt = 0
+            for p in range(aip[i], aip[i + 1]):
+                k = aix[p]
+                for q in range(bip[k], bip[k + 1]):
+                    j = bix[q]
+                    if mk[j] != i:
+                        mk[j] = i
+                        cnt += 1
+            cip[i + 1] = cnt
     cip[0] = 0
-    for i in range(aip.shape[0] - 1):
-        for p in range(aip[i], aip[i + 1]):
-            k = aix[p]
-            for q in range(bip[k], bip[k + 1]):
-                j = bix[q]
-                if marker[j] != i:
-                    marker[j] = i
-                    cnt += 1
-        cip[i + 1] = cnt
-    return cnt
+    for i in range(n):
+        cip[i + 1] += cip[i]
+    return cip[n]
 
 
-@jit
+@sized
 def spgemm(aip, aix, adv, bip, bix, bdv, marker, cip, cix, cdv):  # pragma: no cover - numba
     """Numerical sparse product ``C = A B`` into the pattern sized by :func:`spgemm_rows`
     (``cip`` given; ``cix``/``cdv`` filled, a row's columns in order of first appearance);
-    ``marker`` is int scratch of length ``ncols(B)``."""
-    for j in range(marker.shape[0]):
-        marker[j] = -1
-    for i in range(aip.shape[0] - 1):
-        start = cip[i]
-        cnt = start
-        for p in range(aip[i], aip[i + 1]):
-            k = aix[p]
-            a = adv[p]
-            for q in range(bip[k], bip[k + 1]):
-                j = bix[q]
-                r = marker[j]
-                if r < start:
-                    marker[j] = cnt
-                    cix[cnt] = j
-                    cdv[cnt] = a * bdv[q]
-                    cnt += 1
-                else:
-                    cdv[r] += a * bdv[q]
-
-
-@jit
-def drop_small(indptr, indices, data, tol, out_ip, out_ix, out_dv):  # pragma: no cover - numba
-    """Drop off-diagonal entries with ``|a_ij| < tol sqrt(|a_ii a_jj|)``, each added to its
-    row's diagonal (row sums, and so ``A 1``, are kept). Rows must store their diagonal.
-    Fills ``out_*`` (capacity of the input); returns the kept nnz."""
-    n = indptr.shape[0] - 1
-    d = np.empty(n)
-    for i in range(n):
-        d[i] = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            if indices[p] == i:
-                d[i] = abs(data[p])
-    cnt = 0
-    out_ip[0] = 0
-    for i in range(n):
-        lumped = 0.0
-        dpos = -1
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            a = data[p]
-            if j != i and abs(a) < tol * np.sqrt(d[i] * d[j]):
-                lumped += a
-                continue
-            if j == i:
-                dpos = cnt
-            out_ix[cnt] = j
-            out_dv[cnt] = a
-            cnt += 1
-        out_dv[dpos] += lumped
-        out_ip[i + 1] = cnt
-    return cnt
+    ``marker`` as in :func:`spgemm_rows` (fixed row chunks; each row is summed in the
+    same order whatever the chunking)."""
+    n = aip.shape[0] - 1
+    nch = marker.shape[0]
+    csize = (n + nch - 1) // nch
+    for c in prange(nch):
+        mk = marker[c]
+        for j in range(mk.shape[0]):
+            mk[j] = -1
+        for i in range(c * csize, min(n, (c + 1) * csize)):
+            start = cip[i]
+            cnt = start
+            for p in range(aip[i], aip[i + 1]):
+                k = aix[p]
+                a = adv[p]
+                for q in range(bip[k], bip[k + 1]):
+                    j = bix[q]
+                    r = mk[j]
+                    if r < start:
+                        mk[j] = cnt
+                        cix[cnt] = j
+                        cdv[cnt] = a * bdv[q]
+                        cnt += 1
+                    else:
+                        cdv[r] += a * bdv[q]
 
