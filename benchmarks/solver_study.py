@@ -8,7 +8,9 @@ with splu and krylov), restart (GMRES restart length vs iterations), variants N 
 process: smoother sweeps, restart, float32 hierarchy, reorthogonalisation; ``rounds=R``, default 2), gradients N [name ...] (whole
 MetaRL gradients with features on the fly under those variants, one process, alternating order),
 interpolation N [name ...] [rounds=R] [pkl=PATH] (per system of one captured gradient: iterations,
-set-up and solve seconds of the multigrid interpolation variants, default constant and smoothed).
+set-up and solve seconds of the multigrid interpolation variants, default constant and smoothed),
+families [rounds=R] (the same, constant against smoothed, on 10^4/10^5 grids, a 10^5 ring and
+10^4 RL^2 random MDPs of benchmarks/solver_comparison.py).
 """
 from __future__ import annotations
 
@@ -294,6 +296,7 @@ VARIANTS = {
     "sa-2levels": ({"AMG_INTERPOLATION": "smoothed", "AMG_SA_LEVELS": 2}, {}),
     "sa-fine1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1}, {}),
     "sa-post1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP": 1}, {}),
+    "sa-coarse1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP_COARSE": 1}, {}),
 }
 
 
@@ -435,6 +438,32 @@ def gradient_variants_section(N, names=("before", "now"), reps=2):
         print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
 
 
+def families_section(reps=3, cases=(("grid", 10_000), ("grid", 100_000), ("ring", 100_000), ("rl2", 10_000))):
+    """Constant against smoothed interpolation, krylov with its automatic preconditioner, on the
+    systems of one meta-gradient of the solver comparison's families (main effect's M with the
+    4 task rewards, forward and transposed; M_1 warm-started and transposed)."""
+    from benchmarks.solver_comparison import capture
+    names = ("constant", "smoothed")
+    for family, S in cases:
+        c = capture(family, S, 0.99)
+        Ms, per = [c["M"], c["M1"]], {1: [("N", 1, c["r1"], c["x01"]), ("T", 1, c["z1"], None)]}
+        plan = linalg.analyse(Ms[0])
+        res = {v: [] for v in names}
+        for r in range(reps + 1):
+            for v in (names if r % 2 else names[::-1]):
+                out = _with_variant(v, lambda: systems_replay(Ms, c["R"], c["R"], per, plan))
+                if r:
+                    res[v].append(out)
+        print(f"# {family} S={S} preconditioner {plan.preconditioner}, load {os.getloadavg()[0]:.1f}", flush=True)
+        for system in res[names[0]][0]:
+            cells = []
+            for v in names:
+                cells.append(f"{int(np.median([o[system][0] for o in res[v]]))}, "
+                             f"{np.median([o[system][1] for o in res[v]]):.3f}, "
+                             f"{np.median([o[system][2] for o in res[v]]):.3f}")
+            print(f"| {family} {S} | {system} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
     import numba
     sec = sys.argv[1:] or ["grid"]
@@ -469,6 +498,10 @@ if __name__ == "__main__":
         opts = dict(v.split("=", 1) for v in sec[i + 2:] if "=" in v)
         interpolation_section(int(sec[i + 1]), tuple(v for v in sec[i + 2:] if v in VARIANTS) or
                               ("constant", "smoothed"), int(opts.get("rounds", 3)), opts.get("pkl"))
+    if "families" in sec:
+        i = sec.index("families")
+        opts = dict(v.split("=", 1) for v in sec[i + 1:] if "=" in v)
+        families_section(int(opts.get("rounds", 3)))
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)

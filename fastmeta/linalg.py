@@ -34,8 +34,9 @@ Methods
     Gram-Schmidt (one pass, ``DGKS_ETA``), preconditioned
     basis kept as in flexible GMRES) preconditioned by an aggregation-based
     algebraic multigrid V-cycle built from the values of every new matrix
-    (double pairwise matching along the strongest couplings, piecewise-constant
-    prolongation, Galerkin coarse matrices, two forward (the first from zero)
+    (double pairwise matching along the strongest couplings, smoothed-aggregation
+    interpolation on the finest level and piecewise-constant below
+    (``AMG_INTERPOLATION``), Petrov-Galerkin coarse matrices, two forward (the first from zero)
     and two backward block Gauss-Seidel sweeps around the coarse correction,
     dense LU on the coarsest level; stored in float32,
     ``AMG_DTYPE``, which limits only the preconditioner, not the solve's
@@ -637,6 +638,9 @@ def _spgemm(A, B, ncols, idt):
     return cip, cix, cdv
 
 
+#: AMG: the coarsest level's LU (no pivoting) is used only if every pivot is at least this
+#: fraction of the largest; otherwise that level is smoothed only.
+LU_PIVOT_MIN = 1e-8
 #: AMG set-up: the sparse products run in this many fixed row chunks (a multiple of 4, so
 #: that 1, 2 or 4 threads get equal shares; the results do not depend on it).
 SPGEMM_CHUNKS = 8
@@ -647,8 +651,11 @@ class _Hierarchy:
 
     Each level aggregates by two passes of pairwise matching along the
     strongest negative couplings (aggregates of <= 4 nodes, after Notay's
-    AGMG), coarse matrices are Galerkin products with piecewise-constant
-    prolongation, the smoother is block Gauss-Seidel (forward before,
+    AGMG); ``interpolation`` (default ``AMG_INTERPOLATION``) ``"constant"``
+    transfers by the piecewise-constant ``T`` of the aggregates (``P = T``,
+    ``R = T^T``), ``"smoothed"`` by ``P = (I - w D^-1 A) T`` and
+    ``R = T^T (I - w A D^-1)`` on the first ``AMG_SA_LEVELS`` levels (``T``
+    below); coarse matrices are ``R A P``. The smoother is block Gauss-Seidel (forward before,
     backward after the coarse correction, see :func:`_gs_blocks`; the first
     sweep from zero is a forward substitution; ``AMG_NSWEEP_PRE``,
     ``AMG_NSWEEP`` and ``AMG_NSWEEP_COARSE`` sweeps), the coarsest level
@@ -702,7 +709,11 @@ class _Hierarchy:
             dense = sp.csr_matrix((last.data, last.indices, last.indptr),
                                   shape=(last.n, last.n)).toarray()
             _k.dense_lu(dense)  # Numba, serial: LAPACK's thread pool would fight Numba's
-            self.lu = dense
+            # no pivoting: safe for the diagonally dominant matrices of plain aggregation; below a
+            # smoothed level dominance is not guaranteed, so a bad pivot leaves the level smoothed only
+            pivots = np.abs(np.diagonal(dense))
+            if np.all(np.isfinite(dense)) and pivots.min() > LU_PIVOT_MIN * pivots.max():
+                self.lu = dense
         # built in float64, stored in the cycle's precision (level 0: a copy; M stays float64)
         self.dtype = np.dtype(AMG_DTYPE if dtype is None else dtype)
         for l, lv in enumerate(self.levels):

@@ -188,3 +188,18 @@ def test_smoothed_cycle_converges_where_the_constant_one_stalls(monkeypatch):
     sgs = linalg.KrylovSolver(M, linalg.analyse(M), preconditioner="sgs")
     sgs.solve_transposed(b)
     assert s.iterations_transposed < sgs.iterations_transposed
+
+
+def test_a_bad_coarsest_pivot_leaves_the_level_smoothed_only(monkeypatch):
+    """The coarsest LU has no pivoting: when a pivot is tiny the level is smoothed instead."""
+    M = grid_M(40, drift=True)
+    diag = _diag_positions(M)
+    ok = linalg._Hierarchy(M.indptr.astype(np.int64), M.indices, M.data, diag)
+    assert ok.lu is not None
+    monkeypatch.setattr(linalg, "LU_PIVOT_MIN", 2.0)  # every pivot counts as bad
+    h = linalg._Hierarchy(M.indptr.astype(np.int64), M.indices, M.data, diag)
+    assert h.lu is None and len(h.levels) == len(ok.levels)
+    b = np.random.default_rng(0).normal(size=(M.shape[0], 2))
+    x = np.empty_like(b)
+    h.apply(b, x)
+    assert np.all(np.isfinite(x))

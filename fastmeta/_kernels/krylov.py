@@ -7,7 +7,9 @@ and the partial sums are combined serially in chunk order, so every result is
 bit-identical for any number of Numba threads.  Block vectors are ``(n, k)``
 C arrays with ``k <= 4`` (the caller splits wider blocks), so a matrix is read
 once per sweep for all ``k`` right-hand sides.  Gauss-Seidel sweeps run on fixed
-row blocks (a function of ``n`` only) and the aggregation set-up is serial.
+row blocks (a function of ``n`` only); the aggregation set-up is serial except
+the sparse products and row sorts, which run rows in parallel, each row in a
+fixed order.
 """
 from __future__ import annotations
 
@@ -377,8 +379,9 @@ def prolong_add(agg, Xc, X):  # pragma: no cover - numba
 def dense_lu(A):  # pragma: no cover - numba
     """In-place LU of a dense matrix without pivoting (coarsest AMG level).
 
-    Safe for the nonsingular M-matrices of the hierarchy (Galerkin products of
-    an M-matrix with piecewise-constant prolongation); serial, so no BLAS
+    Safe for diagonally dominant matrices (by rows or by columns), which Galerkin
+    products of ``M`` or ``M^T`` with piecewise-constant prolongation are; below a
+    smoothed-aggregation level the caller checks the pivots. Serial, so no BLAS
     thread pool competes with Numba's.
     """
     n = A.shape[0]
