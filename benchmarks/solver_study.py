@@ -9,7 +9,7 @@ process: smoother sweeps, restart, float32 hierarchy, reorthogonalisation; ``rou
 MetaRL gradients with features on the fly under those variants, one process, alternating order),
 interpolation N [name ...] [rounds=R] [pkl=PATH] (per system of one captured gradient: iterations,
 set-up and solve seconds of the multigrid interpolation variants, default constant and smoothed),
-families [rounds=R] (the same, constant against smoothed, on 10^4/10^5 grids, a 10^5 ring and
+families [family:S ...] [rounds=R] (the same, constant against smoothed, on 10^4/10^5 grids, a 10^5 ring and
 10^4 RL^2 random MDPs of benchmarks/solver_comparison.py).
 """
 from __future__ import annotations
@@ -336,7 +336,7 @@ def systems_replay(Ms, R, MU, per, plan):
     t = _timed(lambda: f.solve_transposed(MU))
     out["M^T, 4 columns"] = (f.iterations_transposed, ts, t)
     t = time.perf_counter()
-    fi = linalg.factorize(Ms[1], "krylov", plan=plan)
+    fi = linalg.factorize(Ms[1], "krylov", plan=plan if plan.matches(Ms[1]) else None)  # RL^2: own kernels
     ts = time.perf_counter() - t
     for kind, _, b, x0 in per[1]:
         trans = kind == "T"
@@ -501,7 +501,8 @@ if __name__ == "__main__":
     if "families" in sec:
         i = sec.index("families")
         opts = dict(v.split("=", 1) for v in sec[i + 1:] if "=" in v)
-        families_section(int(opts.get("rounds", 3)))
+        cases = [(f, int(S)) for f, S in (v.split(":") for v in sec[i + 1:] if ":" in v)]
+        families_section(int(opts.get("rounds", 3)), *([cases] if cases else []))
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)
