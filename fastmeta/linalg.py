@@ -108,11 +108,11 @@ SPLU_BANDWIDTH_FACTOR = 3.0
 
 #: AMG: the coarsest level has at most this many rows (then a dense LU).
 AMG_COARSE_SIZE = 200
-AMG_MAX_LEVELS = 20
 #: AMG: stop coarsening if a level has fewer than this ratio of coarsening.
 AMG_MIN_RATIO = 1.5
 #: AMG: stop coarsening if the coarse nnz per row exceeds this.
 AMG_MAX_ROW_NNZ = 60
+AMG_MAX_LEVELS = 20
 #: AMG: pairwise matching only along couplings >= this times the row's strongest.
 AMG_STRENGTH = 0.0
 #: AMG: Gauss-Seidel sweeps after the coarse correction on the finest level, and the
@@ -606,17 +606,18 @@ def _galerkin(lv_ip, lv_ix, lv_dv, agg, nc):
     return ptr, members, cip, cix[:cnt].copy(), cdv[:cnt].copy(), cdg
 
 
-def _smoothed_galerkin(lv, agg, nc, omega):
-    """Smoothed aggregation transfer of level ``lv`` (float64) for aggregates ``agg``:
-    ``(P, R, coarse)``, each a CSR triple ``(indptr, indices, data)``, ``coarse = R A P``
-    (sorted rows, then ``coarse`` diagonal positions as a fourth element)."""
+def _smoothed_galerkin(lv, agg, ptr, members, nc, omega):
+    """Smoothed aggregation transfer of level ``lv`` (float64) for aggregates ``agg`` (members
+    ``members[ptr[c]:ptr[c + 1]]``, see :func:`_k.agg_members`): ``(P, R, coarse)``, each a CSR
+    triple ``(indptr, indices, data)``, ``coarse = R A P`` (sorted rows, then ``coarse``
+    diagonal positions as a fourth element)."""
     n, nnz, idt = lv.n, lv.indices.shape[0], lv.indices.dtype
     pip, pix, pdv = np.empty(n + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
     cnt = _k.sa_prolongator(lv.indptr, lv.indices, lv.data, lv.diag, agg, omega,
                             np.empty(nc, np.int64), pip, pix, pdv)
     P = (pip, pix[:cnt].copy(), pdv[:cnt].copy())
     rip, rix, rdv = np.empty(nc + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
-    cnt = _k.sa_restrictor(lv.indptr, lv.indices, lv.data, lv.diag, lv.ptr, lv.members, omega,
+    cnt = _k.sa_restrictor(lv.indptr, lv.indices, lv.data, lv.diag, ptr, members, omega,
                            np.empty(n, np.int64), rip, rix, rdv)
     R = (rip, rix[:cnt].copy(), rdv[:cnt].copy())
     AP = _spgemm((lv.indptr, lv.indices, lv.data), P, nc, idt)
@@ -690,16 +691,13 @@ class _Hierarchy:
             ptr = np.empty(nc + 1, dtype=np.int64)
             members = np.empty(lv.n, dtype=agg.dtype)
             _k.agg_members(agg, ptr, members)
-            smoothed_here = smoothed and len(self.levels) <= AMG_SA_LEVELS
-            if smoothed_here:
-                lv.ptr, lv.members = ptr, members
-                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, nc, AMG_SA_OMEGA)
+            if smoothed and len(self.levels) <= AMG_SA_LEVELS:
+                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, ptr, members, nc, AMG_SA_OMEGA)
             else:
                 _, _, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
                 P = R = None
             del ip1, ix1, dv1
             if cix.shape[0] > AMG_MAX_ROW_NNZ * nc:
-                lv.ptr = lv.members = None
                 break
             lv.ptr, lv.members, lv.agg, lv.P, lv.R = ptr, members, agg, P, R
             self.levels.append(_Level(cip, cix, cdv, cdg))

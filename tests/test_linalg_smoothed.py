@@ -41,8 +41,7 @@ def test_smoothed_transfers_and_coarse_matrix_against_the_formulas(omega):
     Ad = A.toarray()
     agg, nc, ptr, members = _aggregates(n, 4, seed=1)
     lv = linalg._Level(A.indptr.astype(np.int64), A.indices, A.data, _diag_positions(A))
-    lv.ptr, lv.members = ptr, members
-    P, R, (cip, cix, cdv, cdg) = linalg._smoothed_galerkin(lv, agg, nc, omega)
+    P, R, (cip, cix, cdv, cdg) = linalg._smoothed_galerkin(lv, agg, ptr, members, nc, omega)
     Pref = naive.smoothed_prolongator(Ad, agg, nc, omega)
     Rref = naive.smoothed_restrictor(Ad, agg, nc, omega)
     np.testing.assert_allclose(_dense(*P, (n, nc)), Pref, rtol=1e-13, atol=1e-15)
@@ -51,7 +50,7 @@ def test_smoothed_transfers_and_coarse_matrix_against_the_formulas(omega):
     assert kk.rows_sorted(cip, cix)
     np.testing.assert_array_equal(cix[cdg], np.arange(nc))
     # with omega = 0 the transfers are the piecewise-constant ones: the coarse matrix is T^T A T
-    P0, R0, (c0ip, c0ix, c0dv, _) = linalg._smoothed_galerkin(lv, agg, nc, 0.0)
+    P0, R0, (c0ip, c0ix, c0dv, _) = linalg._smoothed_galerkin(lv, agg, ptr, members, nc, 0.0)
     T = naive.tentative_prolongator(agg, nc)
     np.testing.assert_array_equal(_dense(*P0, (n, nc)), T)
     np.testing.assert_allclose(_dense(c0ip, c0ix, c0dv, (nc, nc)), T.T @ Ad @ T, rtol=1e-13, atol=1e-15)
@@ -82,8 +81,7 @@ def test_smoothed_cycle_kernels_against_numpy(k, dtype):
     n = A.shape[0]
     agg, nc, ptr, members = _aggregates(n, 4, seed=k)
     lv = linalg._Level(A.indptr.astype(np.int64), A.indices, A.data, _diag_positions(A))
-    lv.ptr, lv.members = ptr, members
-    P, R, _ = linalg._smoothed_galerkin(lv, agg, nc, 0.66)
+    P, R, _ = linalg._smoothed_galerkin(lv, agg, ptr, members, nc, 0.66)
     P, R = P[:2] + (P[2].astype(dtype),), R[:2] + (R[2].astype(dtype),)
     rng = np.random.default_rng(k)
     r, e = rng.normal(size=(n, k)).astype(dtype), rng.normal(size=(nc, k)).astype(dtype)
