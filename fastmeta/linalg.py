@@ -611,40 +611,36 @@ def _smoothed_galerkin(lv, agg, ptr, members, nc, omega):
     ``members[ptr[c]:ptr[c + 1]]``, see :func:`_k.agg_members`): ``(P, R, coarse)``, each a CSR
     triple ``(indptr, indices, data)``, ``coarse = R A P`` (sorted rows, then ``coarse``
     diagonal positions as a fourth element)."""
+    # every row of A stores its diagonal, so no row of P or R has more entries than the rows
+    # of A it is made of: nnz(A) bounds both
     n, nnz, idt = lv.n, lv.indices.shape[0], lv.indices.dtype
-    pip, pix, pdv = np.empty(n + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
+    pip, pix, pdv = np.empty(n + 1, np.int64), np.empty(nnz, idt), np.empty(nnz)
     cnt = _k.sa_prolongator(lv.indptr, lv.indices, lv.data, lv.diag, agg, omega,
                             np.empty(nc, np.int64), pip, pix, pdv)
     P = (pip, pix[:cnt].copy(), pdv[:cnt].copy())
-    rip, rix, rdv = np.empty(nc + 1, np.int64), np.empty(nnz + n, idt), np.empty(nnz + n)
+    del pix, pdv
+    rip, rix, rdv = np.empty(nc + 1, np.int64), np.empty(nnz, idt), np.empty(nnz)
     cnt = _k.sa_restrictor(lv.indptr, lv.indices, lv.data, lv.diag, ptr, members, omega,
                            np.empty(n, np.int64), rip, rix, rdv)
     R = (rip, rix[:cnt].copy(), rdv[:cnt].copy())
-    AP = _spgemm((lv.indptr, lv.indices, lv.data), P, nc, idt)
-    cip, cix, cdv = _spgemm(R, AP, nc, idt)
-    del AP
+    del rix, rdv
+    A = (lv.indptr, lv.indices, lv.data)
+    marker = np.empty((SETUP_CHUNKS, nc), np.int64)
+    cip = np.empty(nc + 1, np.int64)
+    cnt = _k.triple_product_rows(R[0], R[1], A[0], A[1], P[0], P[1], marker, cip)
+    cix, cdv = np.empty(cnt, idt), np.empty(cnt)
+    _k.triple_product(*R, *A, *P, marker, cip, cix, cdv)
     cdg = np.empty(nc, dtype=idt)
     _k.sort_rows(cip, cix, cdv, cdg)
     return P, R, (cip, cix, cdv, cdg)
 
 
-def _spgemm(A, B, ncols, idt):
-    """``A @ B`` of CSR triples (Numba: symbolic then numerical pass, ``SPGEMM_CHUNKS`` row
-    chunks in parallel, each with a marker array over the columns of ``B``)."""
-    marker = np.empty((SPGEMM_CHUNKS, ncols), np.int64)
-    cip = np.empty(A[0].shape[0], np.int64)
-    nnz = _k.spgemm_rows(A[0], A[1], B[0], B[1], marker, cip)
-    cix, cdv = np.empty(nnz, idt), np.empty(nnz)
-    _k.spgemm(A[0], A[1], A[2], B[0], B[1], B[2], marker, cip, cix, cdv)
-    return cip, cix, cdv
-
-
 #: AMG: the coarsest level's LU (no pivoting) is used only if every pivot is at least this
 #: fraction of the largest; otherwise that level is smoothed only.
 LU_PIVOT_MIN = 1e-8
-#: AMG set-up: the sparse products run in this many fixed row chunks (a multiple of 4, so
-#: that 1, 2 or 4 threads get equal shares; the results do not depend on it).
-SPGEMM_CHUNKS = 8
+#: AMG set-up: the triple product ``R A P`` runs in this many fixed chunks of coarse rows (a
+#: multiple of 4, so that 1, 2 or 4 threads get equal shares; the results do not depend on it).
+SETUP_CHUNKS = 8
 
 
 class _Hierarchy:

@@ -56,20 +56,29 @@ def test_smoothed_transfers_and_coarse_matrix_against_the_formulas(omega):
     np.testing.assert_allclose(_dense(c0ip, c0ix, c0dv, (nc, nc)), T.T @ Ad @ T, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("shape", [(70, 50, 90), (30_000, 20_000, 5_000)])
-def test_spgemm_against_scipy(shape):
-    """Serial (small) and parallel (fixed row chunks) sparse products, pattern and values."""
-    (m, k, n), rng = shape, np.random.default_rng(3)
-    A = sp.random(m, k, density=6.0 / k, format="csr", random_state=rng)
-    B = sp.random(k, n, density=4.0 / n, format="csr", random_state=rng)
-    C = linalg._spgemm((A.indptr.astype(np.int64), A.indices, A.data),
-                       (B.indptr.astype(np.int64), B.indices, B.data), n, np.int32)
-    got, ref = sp.csr_matrix((C[2], C[1], C[0]), shape=(m, n)), (A @ B).tocsr()
+@pytest.mark.parametrize("shape", [(40, 150, 90), (5_000, 40_000, 9_000)])
+def test_triple_product_against_scipy(shape):
+    """``R A P`` without the intermediate product: serial (small) and parallel (fixed chunks of
+    rows), values and pattern against scipy's ``R @ A @ P``."""
+    (nc, n, m), rng = shape, np.random.default_rng(3)
+    R = sp.random(nc, n, density=12.0 / n, format="csr", random_state=rng)
+    A = sp.random(n, n, density=5.0 / n, format="csr", random_state=rng)
+    P = sp.random(n, m, density=3.0 / m, format="csr", random_state=rng)
+    R, A, P = (X.astype(np.float64) for X in (R, A, P))
+    trip = [(X.indptr.astype(np.int64), X.indices, X.data) for X in (R, A, P)]
+    marker = np.empty((linalg.SETUP_CHUNKS, m), np.int64)
+    cip = np.empty(nc + 1, np.int64)
+    nnz = kk.triple_product_rows(trip[0][0], trip[0][1], trip[1][0], trip[1][1], trip[2][0], trip[2][1],
+                                 marker, cip)
+    cix, cdv = np.empty(nnz, np.int32), np.empty(nnz)
+    kk.triple_product(*trip[0], *trip[1], *trip[2], marker, cip, cix, cdv)
+    got, ref = sp.csr_matrix((cdv, cix, cip), shape=(nc, m)), (R @ A @ P).tocsr()
     assert abs(got - ref).max() <= 1e-14 * abs(ref).max()
     # no duplicate columns in a row, exactly the structural entries of the product
-    keys = np.repeat(np.arange(m), np.diff(C[0])) * n + C[1]
+    keys = np.repeat(np.arange(nc), np.diff(cip)) * m + cix
     assert np.unique(keys).shape[0] == keys.shape[0]
-    assert C[0][-1] == (A.astype(bool).astype(int) @ B.astype(bool).astype(int)).nnz
+    pattern = [X.astype(bool).astype(np.int64) for X in (R, A, P)]
+    assert nnz == (pattern[0] @ pattern[1] @ pattern[2]).nnz
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

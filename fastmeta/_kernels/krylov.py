@@ -8,7 +8,7 @@ bit-identical for any number of Numba threads.  Block vectors are ``(n, k)``
 C arrays with ``k <= 4`` (the caller splits wider blocks), so a matrix is read
 once per sweep for all ``k`` right-hand sides.  Gauss-Seidel sweeps run on fixed
 row blocks (a function of ``n`` only); the aggregation set-up is serial except
-the sparse products and row sorts, which run rows in parallel, each row in a
+the triple product and row sorts, which run rows in parallel, each row in a
 fixed order.
 """
 from __future__ import annotations
@@ -750,15 +750,17 @@ def galerkin(indptr, indices, data, agg, ptr, members, marker,
 
 
 # --------------------------------------------------------------------------
-# smoothed aggregation set-up (serial): P = (I - w D^-1 A) T, R = T^T (I - w A D^-1),
-# A_c = R A P, with T the piecewise-constant prolongation of the aggregates
+# smoothed aggregation set-up: P = (I - w D^-1 A) T, R = T^T (I - w A D^-1) (serial),
+# A_c = R A P (coarse rows in parallel), with T the piecewise-constant prolongation of
+# the aggregates
 # --------------------------------------------------------------------------
 @jit
 def sa_prolongator(indptr, indices, data, diag, agg, omega, marker, pip, pix, pdv):  # pragma: no cover - numba
     """Smoothed prolongation ``P = (I - omega D^-1 A) T`` (``n x nc``, CSR by fine rows).
 
     ``T[i, agg[i]] = 1``; ``P[i, c] = [agg[i] == c] - omega / a_ii sum_{j in c} a_ij``.
-    Fills ``pip`` (n+1), ``pix``/``pdv`` (capacity ``nnz(A) + n``); ``marker`` is
+    Fills ``pip`` (n+1), ``pix``/``pdv`` (capacity ``nnz(A)``: the diagonal entry of row ``i``
+    falls on ``agg[i]``, so a row of ``P`` has at most the entries of row ``i`` of ``A``); ``marker`` is
     int scratch of length nc. Columns of a row in order of first appearance.
     Returns nnz(P).
     """
@@ -797,7 +799,8 @@ def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip,
     sum_{i in c} a_ij``.
 
     ``ptr``/``members`` list the aggregates (:func:`agg_members`); fills ``rip`` (nc+1),
-    ``rix``/``rdv`` (capacity ``nnz(A) + n``); ``marker`` is int scratch of length n.
+    ``rix``/``rdv`` (capacity ``nnz(A)``: member ``i``'s own column comes with its diagonal
+    entry); ``marker`` is int scratch of length n.
     Returns nnz(R).
     """
     nc = ptr.shape[0] - 1
@@ -833,63 +836,68 @@ def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip,
 
 
 @sized
-def spgemm_rows(aip, aix, bip, bix, marker, cip):  # pragma: no cover - numba
-    """Symbolic sparse product ``C = A B`` (CSR): ``cip`` gets the row pointer of ``C``.
+def triple_product_rows(rip, rix, aip, aix, pip, pix, marker, cip):  # pragma: no cover - numba
+    """Symbolic ``C = R A P`` (CSR triples, ``C`` square of order ``nrows(R)``): ``cip`` gets
+    the row pointer of ``C``; no intermediate product is stored.
 
-    Rows are split into ``marker.shape[0]`` fixed chunks, each with its own row of
-    ``marker`` (int scratch of shape ``(chunks, ncols(B))``); a row's count does not
-    depend on the chunking, so neither does the result. Returns nnz(C).
+    Rows of ``C`` are split into ``marker.shape[0]`` fixed chunks, each with its own row of
+    ``marker`` (int scratch of shape ``(chunks, ncols(P))``); a row's entries do not depend
+    on the chunking, so neither does the result. Returns nnz(C).
     """
-    n = aip.shape[0] - 1
+    n = rip.shape[0] - 1
     nch = marker.shape[0]
     csize = (n + nch - 1) // nch
-    for c in prange(nch):
-        mk = marker[c]
+    for ch in prange(nch):
+        mk = marker[ch]
         for j in range(mk.shape[0]):
             mk[j] = -1
-        for i in range(c * csize, min(n, (c + 1) * csize)):
+        for c in range(ch * csize, min(n, (ch + 1) * csize)):
             cnt = 0
-            for p in range(aip[i], aip[i + 1]):
-                k = aix[p]
-                for q in range(bip[k], bip[k + 1]):
-                    j = bix[q]
-                    if mk[j] != i:
-                        mk[j] = i
-                        cnt += 1
-            cip[i + 1] = cnt
+            for p in range(rip[c], rip[c + 1]):
+                i = rix[p]
+                for q in range(aip[i], aip[i + 1]):
+                    k = aix[q]
+                    for t in range(pip[k], pip[k + 1]):
+                        j = pix[t]
+                        if mk[j] != c:
+                            mk[j] = c
+                            cnt += 1
+            cip[c + 1] = cnt
     cip[0] = 0
-    for i in range(n):
-        cip[i + 1] += cip[i]
+    for c in range(n):
+        cip[c + 1] += cip[c]
     return cip[n]
 
 
 @sized
-def spgemm(aip, aix, adv, bip, bix, bdv, marker, cip, cix, cdv):  # pragma: no cover - numba
-    """Numerical sparse product ``C = A B`` into the pattern sized by :func:`spgemm_rows`
-    (``cip`` given; ``cix``/``cdv`` filled, a row's columns in order of first appearance);
-    ``marker`` as in :func:`spgemm_rows` (fixed row chunks; each row is summed in the
-    same order whatever the chunking)."""
-    n = aip.shape[0] - 1
+def triple_product(rip, rix, rdv, aip, aix, adv, pip, pix, pdv, marker, cip, cix, cdv):  # pragma: no cover - numba
+    """Numerical ``C = R A P`` into the pattern sized by :func:`triple_product_rows` (``cip``
+    given; ``cix``/``cdv`` filled, a row's columns in order of first appearance); ``marker``
+    as there. Each row is summed in the same order whatever the chunking."""
+    n = rip.shape[0] - 1
     nch = marker.shape[0]
     csize = (n + nch - 1) // nch
-    for c in prange(nch):
-        mk = marker[c]
+    for ch in prange(nch):
+        mk = marker[ch]
         for j in range(mk.shape[0]):
             mk[j] = -1
-        for i in range(c * csize, min(n, (c + 1) * csize)):
-            start = cip[i]
+        for c in range(ch * csize, min(n, (ch + 1) * csize)):
+            start = cip[c]
             cnt = start
-            for p in range(aip[i], aip[i + 1]):
-                k = aix[p]
-                a = adv[p]
-                for q in range(bip[k], bip[k + 1]):
-                    j = bix[q]
-                    r = mk[j]
-                    if r < start:
-                        mk[j] = cnt
-                        cix[cnt] = j
-                        cdv[cnt] = a * bdv[q]
-                        cnt += 1
-                    else:
-                        cdv[r] += a * bdv[q]
+            for p in range(rip[c], rip[c + 1]):
+                i = rix[p]
+                r = rdv[p]
+                for q in range(aip[i], aip[i + 1]):
+                    k = aix[q]
+                    ra = r * adv[q]
+                    for t in range(pip[k], pip[k + 1]):
+                        j = pix[t]
+                        at = mk[j]
+                        if at < start:
+                            mk[j] = cnt
+                            cix[cnt] = j
+                            cdv[cnt] = ra * pdv[t]
+                            cnt += 1
+                        else:
+                            cdv[at] += ra * pdv[t]
 
