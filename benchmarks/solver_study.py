@@ -6,7 +6,11 @@ workload N [N ...] (the linear algebra of one meta-gradient of the benchmark pro
 with splu and krylov), restart (GMRES restart length vs iterations), variants N [name ...]
 (one captured meta-gradient replayed with krylov under settings variants, interleaved in one
 process: smoother sweeps, restart, float32 hierarchy, reorthogonalisation; ``rounds=R``, default 2), gradients N [name ...] (whole
-MetaRL gradients with features on the fly under those variants, one process, alternating order).
+MetaRL gradients with features on the fly under those variants, one process, alternating order),
+interpolation N [name ...] [rounds=R] [pkl=PATH] (per system of one captured gradient: iterations,
+set-up and solve seconds of the multigrid interpolation variants, default constant and smoothed),
+families [family:S ...] [rounds=R] (the same, constant against smoothed, on 10^4/10^5 grids, a 10^5 ring and
+10^4 RL^2 random MDPs of benchmarks/solver_comparison.py).
 """
 from __future__ import annotations
 
@@ -284,7 +288,97 @@ VARIANTS = {
     "fine-post1": ({"AMG_NSWEEP_PRE": 2, "AMG_NSWEEP": 1}, {}),
     "fine-pre1": ({"AMG_NSWEEP_PRE": 1}, {}),
     "fine-pre3-post1": ({"AMG_NSWEEP_PRE": 3, "AMG_NSWEEP": 1}, {}),
+    # round 7: interpolation of the multigrid cycle
+    "constant": ({"AMG_INTERPOLATION": "constant"}, {}),
+    "smoothed": ({"AMG_INTERPOLATION": "smoothed"}, {}),
+    "sa-w0.66": ({"AMG_INTERPOLATION": "smoothed", "AMG_SA_OMEGA": 0.66}, {}),
+    "sa-2levels": ({"AMG_INTERPOLATION": "smoothed", "AMG_SA_LEVELS": 2}, {}),
+    "sa-all-levels": ({"AMG_INTERPOLATION": "smoothed", "AMG_SA_LEVELS": 20}, {}),
+    "sa-fine1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP_PRE": 1, "AMG_NSWEEP": 1}, {}),
+    "sa-post1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP": 1}, {}),
+    "sa-coarse1": ({"AMG_INTERPOLATION": "smoothed", "AMG_NSWEEP_COARSE": 1}, {}),
 }
+
+
+def _with_variant(name, fn):
+    """``fn()`` with the linalg constants of variant ``name`` set (restored afterwards)."""
+    consts, _ = VARIANTS[name]
+    saved = {c: getattr(linalg, c) for c in consts}
+    try:
+        for c, x in consts.items():
+            setattr(linalg, c, x)
+        return fn()
+    finally:
+        for c, x in saved.items():
+            setattr(linalg, c, x)
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def systems_replay(Ms, R, MU, per, plan):
+    """Set-up and solves of the main effect's M (4-column cold solves of M and M^T) and of the
+    first adapted M_1 (its forward warm-started and its transposed solve), each system apart:
+    {system: (iterations, set-up s, solve s)}."""
+    out = {}
+    t = time.perf_counter()
+    f = linalg.factorize(Ms[0], "krylov", plan=plan)
+    ts = time.perf_counter() - t
+    t = _timed(lambda: f.solve(R))
+    out["M, 4 columns"] = (f.iterations, ts, t)
+    ts = _timed(lambda: f._hierarchy(True))
+    t = _timed(lambda: f.solve_transposed(MU))
+    out["M^T, 4 columns"] = (f.iterations_transposed, ts, t)
+    t = time.perf_counter()
+    fi = linalg.factorize(Ms[1], "krylov", plan=plan if plan.matches(Ms[1]) else None)  # RL^2: own kernels
+    ts = time.perf_counter() - t
+    for kind, _, b, x0 in per[1]:
+        trans = kind == "T"
+        if trans:
+            ts = _timed(lambda: fi._hierarchy(True))
+        t = _timed(lambda: (fi.solve_transposed if trans else fi.solve)(b, x0))
+        name = "M_1^T" if trans else "M_1, warm start"
+        out[name] = (fi.iterations_transposed if trans else fi.iterations, ts, t)
+    return out
+
+
+def interpolation_section(N, names=("constant", "smoothed"), reps=3, pkl=None):
+    """Constant against smoothed interpolation on the systems of one captured meta-gradient at
+    N x N (or the ``(Ms, R, MU, per)`` pickled at ``pkl``): per system, iterations, set-up and
+    solve seconds; variants alternate in every round (order reversed every other round), medians
+    over ``reps`` rounds after an untimed warm-up round."""
+    import pickle
+    if pkl:
+        with open(pkl, "rb") as fh:
+            Ms, R, MU, per = pickle.load(fh)
+    else:
+        Ms, R, MU, per = capture_workload(N)
+    plan = linalg.analyse(Ms[0])
+    res = {v: [] for v in names}
+    for r in range(reps + 1):
+        for v in (names if r % 2 else names[::-1]):
+            out = _with_variant(v, lambda: systems_replay(Ms, R, MU, per, plan))
+            if r:
+                res[v].append(out)
+            print(f"# {v} round {r}{' (warm-up)' if not r else ''}: "
+                  + "; ".join(f"{k} {i} its, set-up {a:.3f} s, solve {b:.3f} s" for k, (i, a, b) in out.items())
+                  + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+    print("| system | " + " | ".join(f"{v}: its, set-up s, solve s" for v in names) + " |")
+    _print_system_rows(res, names, "")
+
+
+def _print_system_rows(res, names, prefix):
+    """Table rows "its, set-up s, solve s" per system and variant (medians over the rounds)."""
+    for system in res[names[0]][0]:
+        cells = []
+        for v in names:
+            cells.append(f"{int(np.median([o[system][0] for o in res[v]]))}, "
+                         f"{np.median([o[system][1] for o in res[v]]):.3f}, "
+                         f"{np.median([o[system][2] for o in res[v]]):.3f}")
+        print(f"| {prefix}{system} | " + " | ".join(cells) + " |", flush=True)
 
 
 def variants_section(N, names=None, reps=2):
@@ -346,6 +440,26 @@ def gradient_variants_section(N, names=("before", "now"), reps=2):
         print(f"| {v} | {np.median(res[v]):.2f} | {np.median(res[v]) / base:.3f} |", flush=True)
 
 
+def families_section(reps=3, cases=(("grid", 10_000), ("grid", 100_000), ("ring", 100_000), ("rl2", 10_000))):
+    """Constant against smoothed interpolation, krylov with its automatic preconditioner, on the
+    systems of one meta-gradient of the solver comparison's families (main effect's M with the
+    4 task rewards, forward and transposed; M_1 warm-started and transposed)."""
+    from benchmarks.solver_comparison import capture
+    names = ("constant", "smoothed")
+    for family, S in cases:
+        c = capture(family, S, 0.99)
+        Ms, per = [c["M"], c["M1"]], {1: [("N", 1, c["r1"], c["x01"]), ("T", 1, c["z1"], None)]}
+        plan = linalg.analyse(Ms[0])
+        res = {v: [] for v in names}
+        for r in range(reps + 1):
+            for v in (names if r % 2 else names[::-1]):
+                out = _with_variant(v, lambda: systems_replay(Ms, c["R"], c["R"], per, plan))
+                if r:
+                    res[v].append(out)
+        print(f"# {family} S={S} preconditioner {plan.preconditioner}, load {os.getloadavg()[0]:.1f}", flush=True)
+        _print_system_rows(res, names, f"{family} {S} | ")
+
+
 if __name__ == "__main__":
     import numba
     sec = sys.argv[1:] or ["grid"]
@@ -375,6 +489,16 @@ if __name__ == "__main__":
         i = sec.index("variants")
         rounds = [int(v.split("=")[1]) for v in sec[i + 2:] if v.startswith("rounds=")]
         variants_section(int(sec[i + 1]), [v for v in sec[i + 2:] if v in VARIANTS] or None, *rounds[:1])
+    if "interpolation" in sec:
+        i = sec.index("interpolation")
+        opts = dict(v.split("=", 1) for v in sec[i + 2:] if "=" in v)
+        interpolation_section(int(sec[i + 1]), tuple(v for v in sec[i + 2:] if v in VARIANTS) or
+                              ("constant", "smoothed"), int(opts.get("rounds", 3)), opts.get("pkl"))
+    if "families" in sec:
+        i = sec.index("families")
+        opts = dict(v.split("=", 1) for v in sec[i + 1:] if "=" in v)
+        cases = [(f, int(S)) for f, S in (v.split(":") for v in sec[i + 1:] if ":" in v)]
+        families_section(int(opts.get("rounds", 3)), *([cases] if cases else []))
     if "tune" in sec:
         N = int(sec[sec.index("tune") + 1])
         P = gridworld(N); pis = policies(N * N, 4)

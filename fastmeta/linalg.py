@@ -34,8 +34,9 @@ Methods
     Gram-Schmidt (one pass, ``DGKS_ETA``), preconditioned
     basis kept as in flexible GMRES) preconditioned by an aggregation-based
     algebraic multigrid V-cycle built from the values of every new matrix
-    (double pairwise matching along the strongest couplings, piecewise-constant
-    prolongation, Galerkin coarse matrices, two forward (the first from zero)
+    (double pairwise matching along the strongest couplings, smoothed-aggregation
+    interpolation on the finest level and piecewise-constant below
+    (``AMG_INTERPOLATION``), Petrov-Galerkin coarse matrices, two forward (the first from zero)
     and two backward block Gauss-Seidel sweeps around the coarse correction,
     dense LU on the coarsest level; stored in float32,
     ``AMG_DTYPE``, which limits only the preconditioner, not the solve's
@@ -128,6 +129,17 @@ AMG_NSWEEP_COARSE = 2
 AMG_OMEGA = 1.0
 #: AMG: cycle index, coarse-grid recursions per level (1: V-cycle, 2: W-cycle).
 AMG_CYCLE_INDEX = 1
+#: AMG: interpolation between levels. ``"constant"``: piecewise-constant over the aggregates
+#: (plain aggregation, ``P = T``, ``R = T^T``); ``"smoothed"``: smoothed aggregation with
+#: the same aggregates, ``P = (I - w D^-1 A) T`` and the Petrov-Galerkin ``R = T^T (I - w A D^-1)``
+#: (the transpose of the smoothed prolongation of ``A^T``), ``w = AMG_SA_OMEGA``.
+AMG_INTERPOLATION = "smoothed"
+INTERPOLATIONS = ("constant", "smoothed")
+#: AMG, smoothed aggregation: damping of the Jacobi step that smooths ``T``.
+AMG_SA_OMEGA = 0.5
+#: AMG, smoothed aggregation: only the transfers of this many levels from the finest are
+#: smoothed, the coarser ones are piecewise constant.
+AMG_SA_LEVELS = 1
 #: Storage precision of the preconditioner (level matrices, smoother, cycle vectors).
 #: GMRES runs on the float64 ``M`` and keeps the preconditioned vectors (flexible
 #: GMRES), so this limits only how good the preconditioner is, not the accuracy of
@@ -564,6 +576,18 @@ class _Level:
         self.prolong = getattr(_k.prolong_add, self.par)
         self.cast = getattr(_k.cast_copy, self.par)
         self.agg = self.ptr = self.members = None
+        self.P = self.R = None  # smoothed aggregation: CSR (indptr, indices, data) of P and R
+        self.to_coarse = self.from_coarse = None
+
+    def bind_transfer(self):
+        """Fix the transfer kernels to the next level: ``to_coarse(r, rc)`` (``rc = R r``) and
+        ``from_coarse(e, x)`` (``x += P e``), after the level's arrays have their final dtype."""
+        if self.P is None:
+            self.to_coarse = functools.partial(self.restrict, self.ptr, self.members)
+            self.from_coarse = functools.partial(self.prolong, self.agg)
+        else:
+            self.to_coarse = functools.partial(getattr(_k.csr_matvec, self.par), *self.R)
+            self.from_coarse = functools.partial(getattr(_k.csr_matvec_add, self.par), *self.P)
 
 
 def _gs_blocks(n: int) -> int:
@@ -587,13 +611,53 @@ def _galerkin(lv_ip, lv_ix, lv_dv, agg, nc):
     return ptr, members, cip, cix[:cnt].copy(), cdv[:cnt].copy(), cdg
 
 
+def _smoothed_galerkin(lv, agg, ptr, members, nc, omega):
+    """Smoothed aggregation transfer of level ``lv`` (float64) for aggregates ``agg`` (members
+    ``members[ptr[c]:ptr[c + 1]]``, see :func:`_k.agg_members`): ``(P, R, coarse)``, each a CSR
+    triple ``(indptr, indices, data)``, ``coarse = R A P`` (sorted rows, then ``coarse``
+    diagonal positions as a fourth element)."""
+    # every row of A stores its diagonal, so no row of P or R has more entries than the rows
+    # of A it is made of: nnz(A) bounds both
+    n, nnz, idt = lv.n, lv.indices.shape[0], lv.indices.dtype
+    pip, pix, pdv = np.empty(n + 1, np.int64), np.empty(nnz, idt), np.empty(nnz)
+    cnt = _k.sa_prolongator(lv.indptr, lv.indices, lv.data, lv.diag, agg, omega,
+                            np.empty(nc, np.int64), pip, pix, pdv)
+    P = (pip, pix[:cnt].copy(), pdv[:cnt].copy())
+    del pix, pdv
+    rip, rix, rdv = np.empty(nc + 1, np.int64), np.empty(nnz, idt), np.empty(nnz)
+    cnt = _k.sa_restrictor(lv.indptr, lv.indices, lv.data, lv.diag, ptr, members, omega,
+                           np.empty(n, np.int64), rip, rix, rdv)
+    R = (rip, rix[:cnt].copy(), rdv[:cnt].copy())
+    del rix, rdv
+    A = (lv.indptr, lv.indices, lv.data)
+    marker = np.empty((SETUP_CHUNKS, nc), np.int64)
+    cip = np.empty(nc + 1, np.int64)
+    cnt = _k.triple_product_rows(R[0], R[1], A[0], A[1], P[0], P[1], marker, cip)
+    cix, cdv = np.empty(cnt, idt), np.empty(cnt)
+    _k.triple_product(*R, *A, *P, marker, cip, cix, cdv)
+    cdg = np.empty(nc, dtype=idt)
+    _k.sort_rows(cip, cix, cdv, cdg)
+    return P, R, (cip, cix, cdv, cdg)
+
+
+#: AMG: the coarsest level's LU (no pivoting) is used only if every pivot is at least this
+#: fraction of the largest; otherwise that level is smoothed only.
+LU_PIVOT_MIN = 1e-8
+#: AMG set-up: the triple product ``R A P`` runs in this many fixed chunks of coarse rows (a
+#: multiple of 4, so that 1, 2 or 4 threads get equal shares; the results do not depend on it).
+SETUP_CHUNKS = 8
+
+
 class _Hierarchy:
     """Aggregation AMG hierarchy for one matrix, built from its values.
 
     Each level aggregates by two passes of pairwise matching along the
     strongest negative couplings (aggregates of <= 4 nodes, after Notay's
-    AGMG), coarse matrices are Galerkin products with piecewise-constant
-    prolongation, the smoother is block Gauss-Seidel (forward before,
+    AGMG); ``interpolation`` (default ``AMG_INTERPOLATION``) ``"constant"``
+    transfers by the piecewise-constant ``T`` of the aggregates (``P = T``,
+    ``R = T^T``), ``"smoothed"`` by ``P = (I - w D^-1 A) T`` and
+    ``R = T^T (I - w A D^-1)`` on the first ``AMG_SA_LEVELS`` levels (``T``
+    below); coarse matrices are ``R A P``. The smoother is block Gauss-Seidel (forward before,
     backward after the coarse correction, see :func:`_gs_blocks`; the first
     sweep from zero is a forward substitution; ``AMG_NSWEEP_PRE``,
     ``AMG_NSWEEP`` and ``AMG_NSWEEP_COARSE`` sweeps), the coarsest level
@@ -606,7 +670,11 @@ class _Hierarchy:
     """
 
     def __init__(self, indptr, indices, data, diag, max_levels=AMG_MAX_LEVELS,
-                 nsweep=None, cycles=None, dtype=None):
+                 nsweep=None, cycles=None, dtype=None, interpolation=None):
+        self.interpolation = AMG_INTERPOLATION if interpolation is None else interpolation
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        smoothed = self.interpolation == "smoothed"
         self.levels = [_Level(indptr, indices, data, diag)]
         while len(self.levels) < max_levels:
             lv = self.levels[-1]
@@ -620,15 +688,19 @@ class _Hierarchy:
             if nc * AMG_MIN_RATIO > lv.n:
                 break
             agg = agg2[agg1]
-            ptr, members, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
+            # members of the combined aggregates, in fine numbering
+            ptr = np.empty(nc + 1, dtype=np.int64)
+            members = np.empty(lv.n, dtype=agg.dtype)
+            _k.agg_members(agg, ptr, members)
+            if smoothed and len(self.levels) <= AMG_SA_LEVELS:
+                P, R, (cip, cix, cdv, cdg) = _smoothed_galerkin(lv, agg, ptr, members, nc, AMG_SA_OMEGA)
+            else:
+                _, _, cip, cix, cdv, cdg = _galerkin(ip1, ix1, dv1, agg2, nc)
+                P = R = None
             del ip1, ix1, dv1
             if cix.shape[0] > AMG_MAX_ROW_NNZ * nc:
                 break
-            # members of the combined aggregates, in fine numbering
-            lv.ptr = np.empty(nc + 1, dtype=np.int64)
-            lv.members = np.empty(lv.n, dtype=agg.dtype)
-            _k.agg_members(agg, lv.ptr, lv.members)
-            lv.agg = agg
+            lv.ptr, lv.members, lv.agg, lv.P, lv.R = ptr, members, agg, P, R
             self.levels.append(_Level(cip, cix, cdv, cdg))
         last = self.levels[-1]
         self.lu = None
@@ -636,12 +708,21 @@ class _Hierarchy:
             dense = sp.csr_matrix((last.data, last.indices, last.indptr),
                                   shape=(last.n, last.n)).toarray()
             _k.dense_lu(dense)  # Numba, serial: LAPACK's thread pool would fight Numba's
-            self.lu = dense
+            # no pivoting: safe for the diagonally dominant matrices of plain aggregation; below a
+            # smoothed level dominance is not guaranteed, so a bad pivot leaves the level smoothed only
+            pivots = np.abs(np.diagonal(dense))
+            if np.all(np.isfinite(dense)) and pivots.min() > LU_PIVOT_MIN * pivots.max():
+                self.lu = dense
         # built in float64, stored in the cycle's precision (level 0: a copy; M stays float64)
         self.dtype = np.dtype(AMG_DTYPE if dtype is None else dtype)
         for l, lv in enumerate(self.levels):
             lv.data = lv.data.astype(self.dtype, copy=False)
             lv.invd = lv.invd.astype(self.dtype, copy=False)
+            if lv.P is not None:
+                lv.P = lv.P[:2] + (lv.P[2].astype(self.dtype),)
+                lv.R = lv.R[:2] + (lv.R[2].astype(self.dtype),)
+            if lv.agg is not None:
+                lv.bind_transfer()
             # the smoother's first sweep reads only the strictly lower part, which needs
             # sorted rows (Galerkin rows come in order of first appearance); sorted after
             # the coarsening, so that the aggregates and coarse values do not change
@@ -711,9 +792,9 @@ class _Hierarchy:
         bc, xc = work[l + 1][0], work[l + 1][1]
         for c in range(self.cycles if l + 2 < len(self.levels) else 1):
             lv.residual(*ops, x, b, xold)
-            lv.restrict(lv.ptr, lv.members, xold, bc)
+            lv.to_coarse(xold, bc)
             self._cycle(l + 1, bc, xc, work)
-            lv.prolong(lv.agg, xc, x)
+            lv.from_coarse(xc, x)
         for _ in range(self.nsweep if l == 0 else self.nsweep_coarse):
             self._smooth(lv, ops, b, x, xold, False)
 

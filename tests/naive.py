@@ -392,3 +392,46 @@ def random_features(X, omega, c):
     """phi(x) = sqrt(2/D) cos(Omega^T x + c): the user's random-features predictor's features."""
     return np.sqrt(2.0 / omega.shape[1]) * np.cos(X @ omega + c)
 # ============================================================ end of issue 12 block
+
+
+# ----------------------------------------------------------------------------- multigrid
+
+
+def tentative_prolongator(agg, nc):
+    """Piecewise-constant T (n, nc): T[i, agg[i]] = 1."""
+    T = np.zeros((len(agg), nc))
+    for i, c in enumerate(agg):
+        T[i, c] = 1.0
+    return T
+
+
+def smoothed_prolongator(A, agg, nc, omega):
+    """Smoothed aggregation P = (I - omega D^-1 A) T, A dense."""
+    D_inv = np.diag(1.0 / np.diag(A))
+    return (np.eye(A.shape[0]) - omega * D_inv @ A) @ tentative_prolongator(agg, nc)
+
+
+def smoothed_restrictor(A, agg, nc, omega):
+    """Petrov-Galerkin R: the transpose of the smoothed prolongator of A^T."""
+    return smoothed_prolongator(A.T, agg, nc, omega).T
+
+
+def gauss_seidel(A, b, x, forward=True):
+    """One Gauss-Seidel sweep for A x = b, row by row (ascending if forward)."""
+    x = x.copy()
+    order = range(A.shape[0]) if forward else range(A.shape[0] - 1, -1, -1)
+    for i in order:
+        x[i] += (b[i] - A[i] @ x) / A[i, i]
+    return x
+
+
+def two_grid_cycle(A, b, P, R, pre, post):
+    """pre forward Gauss-Seidel sweeps from zero, exact coarse correction with R A P,
+    post backward sweeps."""
+    x = np.zeros_like(b)
+    for _ in range(pre):
+        x = gauss_seidel(A, b, x, True)
+    x = x + P @ np.linalg.solve(R @ A @ P, R @ (b - A @ x))
+    for _ in range(post):
+        x = gauss_seidel(A, b, x, False)
+    return x

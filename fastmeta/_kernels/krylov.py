@@ -7,7 +7,9 @@ and the partial sums are combined serially in chunk order, so every result is
 bit-identical for any number of Numba threads.  Block vectors are ``(n, k)``
 C arrays with ``k <= 4`` (the caller splits wider blocks), so a matrix is read
 once per sweep for all ``k`` right-hand sides.  Gauss-Seidel sweeps run on fixed
-row blocks (a function of ``n`` only) and the aggregation set-up is serial.
+row blocks (a function of ``n`` only); the aggregation set-up is serial except
+the triple product and row sorts, which run rows in parallel, each row in a
+fixed order.
 """
 from __future__ import annotations
 
@@ -296,11 +298,11 @@ def rows_sorted(indptr, indices):  # pragma: no cover - numba
     return True
 
 
-@jit
+@sized
 def sort_rows(indptr, indices, data, diag):  # pragma: no cover - numba
     """Sort every CSR row by column (insertion sort: rows are short) and store the
-    position of each row's diagonal entry in ``diag``."""
-    for i in range(indptr.shape[0] - 1):
+    position of each row's diagonal entry in ``diag`` (rows in parallel: independent)."""
+    for i in prange(indptr.shape[0] - 1):
         lo, hi = indptr[i], indptr[i + 1]
         for p in range(lo + 1, hi):
             j, a = indices[p], data[p]
@@ -381,6 +383,33 @@ def restrict_sum(K):
     return restrict_sum
 
 
+@column_kernel(block=3)
+def csr_matvec_add(K):
+    """``Y += A @ X`` for a CSR matrix and an (n, K) block (parallel over rows): the smoothed
+    prolongation ``x += P e`` (``P`` stored by fine rows, so every row is written once)."""
+    def csr_matvec_add(indptr, indices, data, X, Y):  # pragma: no cover - numba
+        for i in prange(indptr.shape[0] - 1):
+            s0 = s1 = s2 = s3 = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                a = data[p]
+                j = indices[p]
+                s0 += a * X[j, 0]
+                if K > 1:
+                    s1 += a * X[j, 1]
+                if K > 2:
+                    s2 += a * X[j, 2]
+                if K > 3:
+                    s3 += a * X[j, 3]
+            Y[i, 0] += s0
+            if K > 1:
+                Y[i, 1] += s1
+            if K > 2:
+                Y[i, 2] += s2
+            if K > 3:
+                Y[i, 3] += s3
+    return csr_matvec_add
+
+
 @sized
 def cast_copy(X, Y):  # pragma: no cover - numba
     """``Y[:] = X`` for (n, k) blocks of different precision (parallel over rows)."""
@@ -404,8 +433,9 @@ def prolong_add(agg, Xc, X):  # pragma: no cover - numba
 def dense_lu(A):  # pragma: no cover - numba
     """In-place LU of a dense matrix without pivoting (coarsest AMG level).
 
-    Safe for the nonsingular M-matrices of the hierarchy (Galerkin products of
-    an M-matrix with piecewise-constant prolongation); serial, so no BLAS
+    Safe for diagonally dominant matrices (by rows or by columns), which Galerkin
+    products of ``M`` or ``M^T`` with piecewise-constant prolongation are; below a
+    smoothed-aggregation level the caller checks the pivots. Serial, so no BLAS
     thread pool competes with Numba's.
     """
     n = A.shape[0]
@@ -771,3 +801,157 @@ def galerkin(indptr, indices, data, agg, ptr, members, marker,
                     cdata[p] += data[k]
         cindptr[c + 1] = cnt
     return cnt
+
+
+# --------------------------------------------------------------------------
+# smoothed aggregation set-up: P = (I - w D^-1 A) T, R = T^T (I - w A D^-1) (serial),
+# A_c = R A P (coarse rows in parallel), with T the piecewise-constant prolongation of
+# the aggregates
+# --------------------------------------------------------------------------
+@jit
+def sa_prolongator(indptr, indices, data, diag, agg, omega, marker, pip, pix, pdv):  # pragma: no cover - numba
+    """Smoothed prolongation ``P = (I - omega D^-1 A) T`` (``n x nc``, CSR by fine rows).
+
+    ``T[i, agg[i]] = 1``; ``P[i, c] = [agg[i] == c] - omega / a_ii sum_{j in c} a_ij``.
+    Fills ``pip`` (n+1), ``pix``/``pdv`` (capacity ``nnz(A)``: the diagonal entry of row ``i``
+    falls on ``agg[i]``, so a row of ``P`` has at most the entries of row ``i`` of ``A``); ``marker`` is
+    int scratch of length nc. Columns of a row in order of first appearance.
+    Returns nnz(P).
+    """
+    n = indptr.shape[0] - 1
+    for c in range(marker.shape[0]):
+        marker[c] = -1
+    cnt = 0
+    pip[0] = 0
+    for i in range(n):
+        start = cnt
+        c = agg[i]
+        marker[c] = cnt
+        pix[cnt] = c
+        pdv[cnt] = 1.0
+        cnt += 1
+        w = omega / data[diag[i]]
+        for p in range(indptr[i], indptr[i + 1]):
+            c = agg[indices[p]]
+            v = -w * data[p]
+            q = marker[c]
+            if q < start:
+                marker[c] = cnt
+                pix[cnt] = c
+                pdv[cnt] = v
+                cnt += 1
+            else:
+                pdv[q] += v
+        pip[i + 1] = cnt
+    return cnt
+
+
+@jit
+def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip, rix, rdv):  # pragma: no cover - numba
+    """Petrov-Galerkin restriction ``R = T^T (I - omega A D^-1)`` (``nc x n``, CSR by aggregates),
+    the transpose of the smoothed prolongation of ``A^T``: ``R[c, j] = [j in c] - omega / a_jj
+    sum_{i in c} a_ij``.
+
+    ``ptr``/``members`` list the aggregates (:func:`agg_members`); fills ``rip`` (nc+1),
+    ``rix``/``rdv`` (capacity ``nnz(A)``: member ``i``'s own column comes with its diagonal
+    entry); ``marker`` is int scratch of length n.
+    Returns nnz(R).
+    """
+    nc = ptr.shape[0] - 1
+    for j in range(marker.shape[0]):
+        marker[j] = -1
+    cnt = 0
+    rip[0] = 0
+    for c in range(nc):
+        start = cnt
+        for m in range(ptr[c], ptr[c + 1]):
+            i = members[m]
+            q = marker[i]
+            if q < start:
+                marker[i] = cnt
+                rix[cnt] = i
+                rdv[cnt] = 1.0
+                cnt += 1
+            else:
+                rdv[q] += 1.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                v = -omega * data[p] / data[diag[j]]
+                q = marker[j]
+                if q < start:
+                    marker[j] = cnt
+                    rix[cnt] = j
+                    rdv[cnt] = v
+                    cnt += 1
+                else:
+                    rdv[q] += v
+        rip[c + 1] = cnt
+    return cnt
+
+
+@sized
+def triple_product_rows(rip, rix, aip, aix, pip, pix, marker, cip):  # pragma: no cover - numba
+    """Symbolic ``C = R A P`` (CSR triples, ``C`` square of order ``nrows(R)``): ``cip`` gets
+    the row pointer of ``C``; no intermediate product is stored.
+
+    Rows of ``C`` are split into ``marker.shape[0]`` fixed chunks, each with its own row of
+    ``marker`` (int scratch of shape ``(chunks, ncols(P))``); a row's entries do not depend
+    on the chunking, so neither does the result. Returns nnz(C).
+    """
+    n = rip.shape[0] - 1
+    nch = marker.shape[0]
+    csize = (n + nch - 1) // nch
+    for ch in prange(nch):
+        mk = marker[ch]
+        for j in range(mk.shape[0]):
+            mk[j] = -1
+        for c in range(ch * csize, min(n, (ch + 1) * csize)):
+            cnt = 0
+            for p in range(rip[c], rip[c + 1]):
+                i = rix[p]
+                for q in range(aip[i], aip[i + 1]):
+                    k = aix[q]
+                    for t in range(pip[k], pip[k + 1]):
+                        j = pix[t]
+                        if mk[j] != c:
+                            mk[j] = c
+                            cnt += 1
+            cip[c + 1] = cnt
+    cip[0] = 0
+    for c in range(n):
+        cip[c + 1] += cip[c]
+    return cip[n]
+
+
+@sized
+def triple_product(rip, rix, rdv, aip, aix, adv, pip, pix, pdv, marker, cip, cix, cdv):  # pragma: no cover - numba
+    """Numerical ``C = R A P`` into the pattern sized by :func:`triple_product_rows` (``cip``
+    given; ``cix``/``cdv`` filled, a row's columns in order of first appearance); ``marker``
+    as there. Each row is summed in the same order whatever the chunking."""
+    n = rip.shape[0] - 1
+    nch = marker.shape[0]
+    csize = (n + nch - 1) // nch
+    for ch in prange(nch):
+        mk = marker[ch]
+        for j in range(mk.shape[0]):
+            mk[j] = -1
+        for c in range(ch * csize, min(n, (ch + 1) * csize)):
+            start = cip[c]
+            cnt = start
+            for p in range(rip[c], rip[c + 1]):
+                i = rix[p]
+                r = rdv[p]
+                for q in range(aip[i], aip[i + 1]):
+                    k = aix[q]
+                    ra = r * adv[q]
+                    for t in range(pip[k], pip[k + 1]):
+                        j = pix[t]
+                        at = mk[j]
+                        if at < start:
+                            mk[j] = cnt
+                            cix[cnt] = j
+                            cdv[cnt] = ra * pdv[t]
+                            cnt += 1
+                        else:
+                            cdv[at] += ra * pdv[t]
+
