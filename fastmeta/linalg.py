@@ -946,12 +946,11 @@ class KrylovSolver:
             self.preconditioner = plan.preconditioner if preconditioner == "auto" else preconditioner
         self.data = None if operator else np.ascontiguousarray(M.data, dtype=np.float64)
         self._tdata = None
-        self._hier_levels = AMG_MAX_LEVELS if self.preconditioner == "amg" else 1
+        self._uses_hierarchy = isinstance(self.preconditioner, str) and self.preconditioner in ("amg", "sgs")
+        # levels of the hierarchy of M and of M^T (1 after a stalled multigrid solve on that side)
+        self._hier_levels = [AMG_MAX_LEVELS if self.preconditioner == "amg" else 1] * 2
         self._hier_t = None
-        if isinstance(self.preconditioner, str) and self.preconditioner in ("amg", "sgs"):
-            self._hier = self._new_hierarchy(False, self._hier_levels)
-        else:
-            self._hier = None
+        self._hier = self._new_hierarchy(False, self._hier_levels[0]) if self._uses_hierarchy else None
         self.iterations = None
         self.iterations_transposed = None
         self.iterations_each = None
@@ -977,11 +976,27 @@ class KrylovSolver:
         (the columns of ``M``): 25 instead of 29 iterations on the benchmark's
         adjoint solves, for one more set-up (built on the first transposed solve).
         """
-        if not trans or self._hier is None:
-            return self._hier
-        if self._hier_t is None:
-            self._hier_t = self._new_hierarchy(True, self._hier_levels)
-        return self._hier_t
+        if not self._uses_hierarchy:
+            return None
+        if trans:
+            if self._hier_t is None:
+                self._hier_t = self._new_hierarchy(True, self._hier_levels[1])
+            return self._hier_t
+        if self._hier is None:  # released (see release_preconditioner)
+            self._hier = self._new_hierarchy(False, self._hier_levels[0])
+        return self._hier
+
+    def release_preconditioner(self, transposed: bool = False) -> None:
+        """Free the preconditioner of ``M`` (or of ``M^T``) when no more solves on that side are
+        coming; a later solve builds it again, the same.
+
+        At 10^6 grid states a multigrid hierarchy and its workspace take about 220 MB; a
+        meta-gradient frees M's after its last forward solve, before the transposed ones.
+        """
+        if transposed:
+            self._hier_t = None
+        else:
+            self._hier = None
 
     def _new_hierarchy(self, trans, max_levels):
         """A hierarchy of ``M`` or ``M^T`` (``max_levels=1``: symmetric Gauss-Seidel)."""
@@ -1039,6 +1054,7 @@ class KrylovSolver:
                 and len(self._hierarchy(trans).levels) > 1)
 
     def _sgs_instead_of_multigrid(self, trans):
+        self._hier_levels[trans] = 1
         sgs = self._new_hierarchy(trans, 1)
         if trans:
             self._hier_t = sgs
@@ -1063,13 +1079,13 @@ class KrylovSolver:
         vec = b.ndim == 1
         B = b.reshape(n, 1) if vec else b
         X0 = self._starts(x0, b)
-        X = np.empty(B.shape)
-        its, rel = 0, 0.0
+        parts, its, rel = [], 0, 0.0
         for c in range(0, B.shape[1], KRYLOV_BLOCK):
             sl = slice(c, min(B.shape[1], c + KRYLOV_BLOCK))
-            X[:, sl], it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec,
-                                          watch)
+            Xb, it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec, watch)
+            parts.append(Xb)
             its, rel = max(its, it), max(rel, r)
+        X = _join_columns(parts)
         return (X[:, 0] if vec else X), its, rel
 
     def solve_each(self, Ms: Sequence[sp.csr_matrix], b: np.ndarray, x0=None, *,
@@ -1114,27 +1130,28 @@ class KrylovSolver:
             for c in range(len(Ms)):
                 self._check_each(c, Ms[c])
         X0 = self._starts(x0, b)
-        X = np.empty(b.shape)
-        its, rel = 0, 0.0
+        self._hierarchy(transposed)  # built (if not yet) before the values and the workspace: a lower peak
+        parts, its, rel = [], 0, 0.0
         # the preconditioner was built for M, not for the M_c: watched if it is one of ours
-        watch = EACH_STALL_ITERATIONS if isinstance(self.preconditioner, str) and self._hier is not None else 0
+        watch = EACH_STALL_ITERATIONS if self._uses_hierarchy else 0
         for c in range(0, b.shape[1], KRYLOV_BLOCK):
             sl = slice(c, min(b.shape[1], c + KRYLOV_BLOCK))
             ops = self._operator_each(Ms, sl, transposed)
             starts = [x[:, sl] for x in X0]
             try:
-                X[:, sl], it, r = self._gmres(np.ascontiguousarray(b[:, sl]), starts, transposed, False, watch,
-                                              ops=ops)
+                Xb, it, r = self._gmres(np.ascontiguousarray(b[:, sl]), starts, transposed, False, watch, ops=ops)
             except _Stalled:
-                it = r = 0
+                ops = None  # the shared run's values, freed before the solvers of their own
+                Xb, it, r = np.empty((self.n, sl.stop - sl.start)), 0, 0.0
                 for j in range(sl.start, sl.stop):
                     own = KrylovSolver(Ms[j], self.plan, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
                                        restart=self.restart, preconditioner=self.preconditioner)
-                    X[:, j], it_j, r_j = own._solve(b[:, j], [x[:, j] for x in X0], transposed)
+                    Xb[:, j - sl.start], it_j, r_j = own._solve(b[:, j], [x[:, j] for x in X0], transposed)
                     it, r = max(it, it_j), max(r, r_j)
+            parts.append(Xb)
             its, rel = max(its, it), max(rel, r)
         self.iterations_each, self.residual_each = its, rel
-        return X
+        return _join_columns(parts)
 
     def _check_each(self, c, Mc):
         if not sp.isspmatrix_csr(Mc) or not self.plan.matches(Mc):
@@ -1195,6 +1212,7 @@ class KrylovSolver:
         m = krylov_restart(self.restart, n, k)
         if ops is None:
             ops = self._operator(trans) if self._op is None else (self._op.rmatmat if trans else self._op.matmat)
+        self._hierarchy(trans)  # built (if not yet) before the workspace is taken: a lower memory peak
         ws = _acquire_workspace(self._pool_owner, n, k, m)
         try:
             return self._gmres_ws(B, X0, trans, ops, ws, m, vec, watch)
@@ -1237,6 +1255,7 @@ class KrylovSolver:
                 X[:, better] = Xc[:, better]
                 R[:, better] = Rc[:, better]
             beta = np.where(better, bc, beta)
+        Xc = Rc = None  # the candidates not taken: freed before the iterations (2 x 32 MB at 10^6 x 4)
         target = np.maximum(self.rtol * bnorm, self.atol)
         total = np.zeros(k, dtype=np.int64)
         live = np.zeros(k, dtype=np.bool_)
@@ -1300,6 +1319,11 @@ class KrylovSolver:
             f"relative residual {rel:.3e} > rtol {self.rtol:.1e} (atol {self.atol:.1e}). "
             f"Raise maxiter, loosen rtol, or use solver='splu' (or 'dense' for small problems)."
         )
+
+
+def _join_columns(parts):
+    """The column blocks of a solve as one ``(n, k)`` array (the block itself if there is one)."""
+    return parts[0] if len(parts) == 1 else np.hstack(parts)
 
 
 def krylov_restart(restart: int, n: int, k: int) -> int:

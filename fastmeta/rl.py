@@ -726,6 +726,7 @@ class MetaRL(EnergyObjective):
             R[:, j] = r_pi
         self._tick("kernels")
         U = fac.solve(R, x0=None if warm is None else warm.get(("U", *keys)))  # U = M^{-1} r_pi = V / (1 - gamma)
+        del R
         if warm is not None:
             warm[("U", *keys)] = U
         self._tick("solve")
@@ -752,6 +753,7 @@ class MetaRL(EnergyObjective):
         if lockstep:
             V_all = self._adapted_in_lockstep(fac, pattern, P, gamma, traces, R_i, U, "V_i", warm, keys, False)
             U = R_i = None  # not read again on this path: freed before the next solves
+            fac.release_preconditioner()  # the solves left are all transposed
             if want_grad:
                 zetas = np.column_stack([task.init for task in tasks])
                 nu_all = self._adapted_in_lockstep(fac, pattern, P, gamma, traces, zetas, None, "nu_i", warm, keys,
@@ -814,7 +816,7 @@ class MetaRL(EnergyObjective):
             return traces
         # free the per-task work arrays (the last task's, and the lockstep's results) before the
         # adjoint solve, which is where the memory of a large gradient peaks
-        pi_i = Q_i = A_i = sigma_i = weighted = V_all = nu_all = U = R = R_i = None
+        pi_i = Q_i = A_i = sigma_i = weighted = V_all = nu_all = U = R_i = None
         XI = fac.solve_transposed(MU, x0=None if warm is None else warm.get(("XI", *keys)))
         if warm is not None:
             warm[("XI", *keys)] = XI.copy()

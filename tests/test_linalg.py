@@ -885,3 +885,23 @@ def test_solve_each_rejects_what_it_cannot_solve():
     op = sp.linalg.aslinearoperator(M)
     with pytest.raises(TypeError, match="LinearOperator"):
         linalg.KrylovSolver(op, None, preconditioner="none").solve_each([M], b[:, :1])
+
+
+def test_a_released_preconditioner_is_built_again_the_same():
+    M = grid_M(30, seed=0)
+    b = np.random.default_rng(3).random(M.shape[0])
+    s = linalg.KrylovSolver(M, analyse(M))
+    x, y = s.solve(b), s.solve_transposed(b)
+    for transposed in (False, True):
+        s.release_preconditioner(transposed)
+        assert (s._hier_t if transposed else s._hier) is None
+    np.testing.assert_array_equal(s.solve(b), x)
+    np.testing.assert_array_equal(s.solve_transposed(b), y)
+    # a side that fell back to Gauss-Seidel keeps it when built again
+    sharp = _sharp_gridworld_M()
+    c = np.random.default_rng(1).random(sharp.shape[0])
+    s = linalg.KrylovSolver(sharp, analyse(sharp), preconditioner="amg")
+    s._sgs_instead_of_multigrid(True)
+    s.release_preconditioner(True)
+    s.solve_transposed(c)
+    assert len(s._hier_t.levels) == 1 and len(s._hier.levels) > 1
