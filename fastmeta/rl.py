@@ -135,6 +135,13 @@ class PolicyPattern:
         return sp.csr_matrix((data, self.indices, self.indptr), shape=(S, S), copy=False)
 
 
+def _centred_advantage(Q: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """A = Q - sum_b pi(b|.) Q(., b), with exact zeros where pi is saturated."""
+    A = np.empty_like(Q)
+    _k.centred_advantage(Q, pi, A)
+    return A
+
+
 class _AdaptedMatrices(Sequence):
     """The adapted matrices M_i = I - gamma P_{pi_i} of a group, each built when it is read
     (40 MB of values each at 10^6 states: not kept between the solves that read them)."""
@@ -741,11 +748,11 @@ class MetaRL(EnergyObjective):
             _k.softmax_policy(f, 1.0 / self.tau, Q, self.eta, pi_i)
             _k.policy_average(pi_i, task.r, r_pi)
             R_i[:, j] = r_pi
-            A = np.empty_like(f)
-            _k.centred_advantage(Q, pi, A)  # exact zeros where pi is saturated
-            # (Q is kept only for callers of the traces: 32 MB per task at 10^6 states and A = 4)
+            # Q and A are kept only for callers of the traces (32 MB each per task at 10^6 states
+            # and A = 4); the gradient needs A only at its end, where it is computed again from V
+            A = _centred_advantage(Q, pi) if keep else None
             traces.append(TaskTrace(pi=pi, V=V, Q=Q if keep else None, A=A, pi_i=pi_i, V_i=None, J_i=0.0))
-            del Q
+            del Q, A
         self._tick("kernels")
         # (multigrid only: a Gauss-Seidel preconditioner costs nothing to set up per task, and
         # one by one each visitation starts from the previous task's; RL^2 10^5: 1.09x slower in lockstep)
@@ -782,8 +789,7 @@ class MetaRL(EnergyObjective):
             pi_i = trace.pi_i
             Q_i = np.empty_like(f)
             _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
-            A_i = np.empty_like(f)
-            _k.centred_advantage(Q_i, pi_i, A_i)
+            A_i = _centred_advantage(Q_i, pi_i)
             self._tick("kernels")
             if lockstep:
                 nu_i = nu_all[:, j].copy()
@@ -823,9 +829,16 @@ class MetaRL(EnergyObjective):
         XI *= 1.0 - gamma  # xi_i = (1-gamma) M^{-T} mu_i, all tasks at once
         self._tick("solve transposed")
         c_meta = self.eta * gamma / ((1.0 - gamma) ** 2 * self.tau)
-        for j, trace in enumerate(traces):
+        for j, (task, trace) in enumerate(zip(tasks, traces)):
             xi_i = np.ascontiguousarray(XI[:, j])
-            _k.add_meta_term(xi_i, pi, trace.A, c_meta, trace.grad_energy)
+            if trace.A is None:
+                Q = np.empty_like(f)
+                _k.bellman_q(P.indptr, P.indices, P.data, task.r, trace.V, gamma, Q)
+                A = _centred_advantage(Q, pi)  # the same bits as the kept one
+                del Q
+            else:
+                A = trace.A
+            _k.add_meta_term(xi_i, pi, A, c_meta, trace.grad_energy)
             if keep:
                 trace.xi_i = xi_i
         self._tick("kernels")
