@@ -1166,9 +1166,9 @@ class KrylovSolver:
             Mc = Ms[c]
             self._check_each(c, Mc)
             if trans:
-                _k.gather(Mc.data, p.transpose_pattern[2], values[:, j])
+                _k.gather_column(Mc.data, p.transpose_pattern[2], values, j)
             else:
-                values[:, j] = Mc.data
+                _k.set_column(Mc.data, values, j)
         ip, ix = (p.transpose_pattern[:2] if trans else (p.indptr, p.indices))
         return ip, ix, values
 

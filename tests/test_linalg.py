@@ -819,6 +819,14 @@ def test_each_column_kernels_against_numpy(k):
     ref = np.column_stack([sp.csr_matrix((values[:, c], M.indices, M.indptr), shape=M.shape) @ X[:, c]
                            for c in range(k)])
     Y = np.empty_like(X)
+    for side in ("serial", "parallel"):  # the block of values, column by column
+        block = np.empty_like(values)
+        perm = np.random.default_rng(k).permutation(M.nnz)
+        for c in range(k):
+            getattr(kk.set_column, side)(values[:, c].copy(), block, c)
+        np.testing.assert_array_equal(block, values)
+        getattr(kk.gather_column, side)(values[:, 0].copy(), perm, block, k - 1)
+        np.testing.assert_array_equal(block[:, k - 1], values[perm, 0])
     for side in ("serial", "parallel"):
         getattr(kk.csr_matvec_each, side)(M.indptr, M.indices, values, X, Y)
         np.testing.assert_allclose(Y, ref, rtol=1e-12, atol=1e-12)

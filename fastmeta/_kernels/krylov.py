@@ -715,6 +715,20 @@ def gather(src, perm, out):  # pragma: no cover - numba
         out[k] = src[perm[k]]
 
 
+@sized
+def set_column(src, out, j):  # pragma: no cover - numba
+    """``out[:, j] = src`` (a matrix's values into an ``(nnz, k)`` block)."""
+    for k in prange(src.shape[0]):
+        out[k, j] = src[k]
+
+
+@sized
+def gather_column(src, perm, out, j):  # pragma: no cover - numba
+    """``out[:, j] = src[perm]`` (a transposed matrix's values into an ``(nnz, k)`` block)."""
+    for k in prange(src.shape[0]):
+        out[k, j] = src[perm[k]]
+
+
 @jit
 def pair_match(indptr, indices, data, beta, agg):  # pragma: no cover - numba
     """Pairwise aggregation along the strongest couplings; returns #aggregates.
