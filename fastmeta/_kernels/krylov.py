@@ -78,22 +78,24 @@ def column_kernel(block: int):
     return lambda factory: ColumnKernel(factory, block)
 
 
-@column_kernel(block=3)
-def csr_matvec(K):
-    """``Y = A @ X`` for a CSR matrix and an (n, K) block (parallel over rows)."""
+def _csr_products(K, EACH):
+    """``csr_matvec`` and ``csr_residual`` for K columns: one matrix for all (``data`` of shape
+    ``(nnz,)``) or, with ``EACH``, one per column (``data[:, c]``, ``(nnz, K)``: the pattern is read
+    once for the K matrices). ``EACH`` is a compile-time constant like K: its other branch
+    compiles away, so the one-matrix kernels are what they were before the per-column ones."""
     def csr_matvec(indptr, indices, data, X, Y):  # pragma: no cover - numba
         for i in prange(indptr.shape[0] - 1):
             s0 = s1 = s2 = s3 = 0.0
             for p in range(indptr[i], indptr[i + 1]):
-                a = data[p]
                 j = indices[p]
+                a = data[p, 0] if EACH else data[p]
                 s0 += a * X[j, 0]
                 if K > 1:
-                    s1 += a * X[j, 1]
+                    s1 += (data[p, 1] if EACH else a) * X[j, 1]
                 if K > 2:
-                    s2 += a * X[j, 2]
+                    s2 += (data[p, 2] if EACH else a) * X[j, 2]
                 if K > 3:
-                    s3 += a * X[j, 3]
+                    s3 += (data[p, 3] if EACH else a) * X[j, 3]
             Y[i, 0] = s0
             if K > 1:
                 Y[i, 1] = s1
@@ -101,12 +103,7 @@ def csr_matvec(K):
                 Y[i, 2] = s2
             if K > 3:
                 Y[i, 3] = s3
-    return csr_matvec
 
-
-@column_kernel(block=3)
-def csr_residual(K):
-    """``R = B - A @ X`` for an (n, K) block (parallel over rows)."""
     def csr_residual(indptr, indices, data, X, B, R):  # pragma: no cover - numba
         for i in prange(indptr.shape[0] - 1):
             s0 = B[i, 0]
@@ -114,15 +111,15 @@ def csr_residual(K):
             s2 = B[i, 2] if K > 2 else 0.0
             s3 = B[i, 3] if K > 3 else 0.0
             for p in range(indptr[i], indptr[i + 1]):
-                a = data[p]
                 j = indices[p]
+                a = data[p, 0] if EACH else data[p]
                 s0 -= a * X[j, 0]
                 if K > 1:
-                    s1 -= a * X[j, 1]
+                    s1 -= (data[p, 1] if EACH else a) * X[j, 1]
                 if K > 2:
-                    s2 -= a * X[j, 2]
+                    s2 -= (data[p, 2] if EACH else a) * X[j, 2]
                 if K > 3:
-                    s3 -= a * X[j, 3]
+                    s3 -= (data[p, 3] if EACH else a) * X[j, 3]
             R[i, 0] = s0
             if K > 1:
                 R[i, 1] = s1
@@ -130,61 +127,32 @@ def csr_residual(K):
                 R[i, 2] = s2
             if K > 3:
                 R[i, 3] = s3
-    return csr_residual
+    return csr_matvec, csr_residual
+
+
+@column_kernel(block=3)
+def csr_matvec(K):
+    """``Y = A @ X`` for a CSR matrix and an (n, K) block (parallel over rows)."""
+    return _csr_products(K, False)[0]
+
+
+@column_kernel(block=3)
+def csr_residual(K):
+    """``R = B - A @ X`` for an (n, K) block (parallel over rows)."""
+    return _csr_products(K, False)[1]
 
 
 @column_kernel(block=3)
 def csr_matvec_each(K):
     """``Y[:, c] = A_c @ X[:, c]`` for K matrices on one CSR pattern, values ``data[:, c]``
     (``(nnz, K)``: the pattern is read once for the K matrices; parallel over rows)."""
-    def csr_matvec_each(indptr, indices, data, X, Y):  # pragma: no cover - numba
-        for i in prange(indptr.shape[0] - 1):
-            s0 = s1 = s2 = s3 = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                s0 += data[p, 0] * X[j, 0]
-                if K > 1:
-                    s1 += data[p, 1] * X[j, 1]
-                if K > 2:
-                    s2 += data[p, 2] * X[j, 2]
-                if K > 3:
-                    s3 += data[p, 3] * X[j, 3]
-            Y[i, 0] = s0
-            if K > 1:
-                Y[i, 1] = s1
-            if K > 2:
-                Y[i, 2] = s2
-            if K > 3:
-                Y[i, 3] = s3
-    return csr_matvec_each
+    return _csr_products(K, True)[0]
 
 
 @column_kernel(block=3)
 def csr_residual_each(K):
     """``R[:, c] = B[:, c] - A_c @ X[:, c]`` for K matrices on one pattern (see ``csr_matvec_each``)."""
-    def csr_residual_each(indptr, indices, data, X, B, R):  # pragma: no cover - numba
-        for i in prange(indptr.shape[0] - 1):
-            s0 = B[i, 0]
-            s1 = B[i, 1] if K > 1 else 0.0
-            s2 = B[i, 2] if K > 2 else 0.0
-            s3 = B[i, 3] if K > 3 else 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                s0 -= data[p, 0] * X[j, 0]
-                if K > 1:
-                    s1 -= data[p, 1] * X[j, 1]
-                if K > 2:
-                    s2 -= data[p, 2] * X[j, 2]
-                if K > 3:
-                    s3 -= data[p, 3] * X[j, 3]
-            R[i, 0] = s0
-            if K > 1:
-                R[i, 1] = s1
-            if K > 2:
-                R[i, 2] = s2
-            if K > 3:
-                R[i, 3] = s3
-    return csr_residual_each
+    return _csr_products(K, True)[1]
 
 
 @column_kernel(block=4)
