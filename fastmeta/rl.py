@@ -852,8 +852,8 @@ class MetaRL(EnergyObjective):
         columns, solved together with the main effect's Krylov solver.
 
         pi_i is one PPO step from pi, so M's preconditioner serves each M_i about as well as
-        one of its own (10^6 benchmark: 21 iterations for the 4 forward systems together
-        against 12-21 each with their own, 28 against 14-28 transposed), none is built per
+        one of its own (10^6 benchmark: 12 iterations for the 4 forward systems together
+        against 8-12 each with their own, 14 against 7-14 transposed), none is built per
         task, and each GMRES iteration reads the pattern once for all tasks
         (``KrylovSolver.solve_each``).  Where a large step makes M_i too different for it,
         ``solve_each`` notices within ``EACH_STALL_ITERATIONS`` and solves task by task
