@@ -750,6 +750,20 @@ def agg_members(agg, ptr, members):  # pragma: no cover - numba
     ptr[0] = 0
 
 
+@jit(inline="always")
+def _accumulate(marker, start, cnt, col, v, ix, dv):  # pragma: no cover - numba
+    """Add ``v`` at column ``col`` of the sparse row being built in ``ix``/``dv`` from position
+    ``start`` on (``marker[col]``: where ``col`` was last put); returns the new entry count."""
+    q = marker[col]
+    if q < start:
+        marker[col] = cnt
+        ix[cnt] = col
+        dv[cnt] = v
+        return cnt + 1
+    dv[q] += v
+    return cnt
+
+
 @jit
 def galerkin(indptr, indices, data, agg, ptr, members, marker,
              cindptr, cindices, cdata, cdiag):  # pragma: no cover - numba
@@ -770,17 +784,8 @@ def galerkin(indptr, indices, data, agg, ptr, members, marker,
         for m in range(ptr[c], ptr[c + 1]):
             i = members[m]
             for k in range(indptr[i], indptr[i + 1]):
-                J = agg[indices[k]]
-                p = marker[J]
-                if p < start:
-                    marker[J] = cnt
-                    cindices[cnt] = J
-                    cdata[cnt] = data[k]
-                    if J == c:
-                        cdiag[c] = cnt
-                    cnt += 1
-                else:
-                    cdata[p] += data[k]
+                cnt = _accumulate(marker, start, cnt, agg[indices[k]], data[k], cindices, cdata)
+        cdiag[c] = marker[c]  # (every member's diagonal entry lands in column c)
         cindptr[c + 1] = cnt
     return cnt
 
@@ -807,23 +812,10 @@ def sa_prolongator(indptr, indices, data, diag, agg, omega, marker, pip, pix, pd
     pip[0] = 0
     for i in range(n):
         start = cnt
-        c = agg[i]
-        marker[c] = cnt
-        pix[cnt] = c
-        pdv[cnt] = 1.0
-        cnt += 1
+        cnt = _accumulate(marker, start, cnt, agg[i], 1.0, pix, pdv)
         w = omega / data[diag[i]]
         for p in range(indptr[i], indptr[i + 1]):
-            c = agg[indices[p]]
-            v = -w * data[p]
-            q = marker[c]
-            if q < start:
-                marker[c] = cnt
-                pix[cnt] = c
-                pdv[cnt] = v
-                cnt += 1
-            else:
-                pdv[q] += v
+            cnt = _accumulate(marker, start, cnt, agg[indices[p]], -w * data[p], pix, pdv)
         pip[i + 1] = cnt
     return cnt
 
@@ -848,25 +840,10 @@ def sa_restrictor(indptr, indices, data, diag, ptr, members, omega, marker, rip,
         start = cnt
         for m in range(ptr[c], ptr[c + 1]):
             i = members[m]
-            q = marker[i]
-            if q < start:
-                marker[i] = cnt
-                rix[cnt] = i
-                rdv[cnt] = 1.0
-                cnt += 1
-            else:
-                rdv[q] += 1.0
+            cnt = _accumulate(marker, start, cnt, i, 1.0, rix, rdv)
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
-                v = -omega * data[p] / data[diag[j]]
-                q = marker[j]
-                if q < start:
-                    marker[j] = cnt
-                    rix[cnt] = j
-                    rdv[cnt] = v
-                    cnt += 1
-                else:
-                    rdv[q] += v
+                cnt = _accumulate(marker, start, cnt, j, -omega * data[p] / data[diag[j]], rix, rdv)
         rip[c + 1] = cnt
     return cnt
 
@@ -927,13 +904,5 @@ def triple_product(rip, rix, rdv, aip, aix, adv, pip, pix, pdv, marker, cip, cix
                     k = aix[q]
                     ra = r * adv[q]
                     for t in range(pip[k], pip[k + 1]):
-                        j = pix[t]
-                        at = mk[j]
-                        if at < start:
-                            mk[j] = cnt
-                            cix[cnt] = j
-                            cdv[cnt] = ra * pdv[t]
-                            cnt += 1
-                        else:
-                            cdv[at] += ra * pdv[t]
+                        cnt = _accumulate(mk, start, cnt, pix[t], ra * pdv[t], cix, cdv)
 
