@@ -753,16 +753,20 @@ class _Hierarchy:
     def apply(self, b, x):
         """``x = B b`` with ``B`` one cycle (``x`` is overwritten); ``(n, k)`` blocks."""
         work = self._workspace(b.shape[1])
-        if b.dtype == self.dtype and x.dtype == self.dtype:
-            self._cycle(0, b, x, work)
-            return
-        if work[0][0] is None:
-            work[0][0], work[0][1] = np.empty(b.shape, self.dtype), np.empty(b.shape, self.dtype)
-        b0, x0 = work[0][0], work[0][1]
-        cast = self.levels[0].cast
-        cast(b, b0)
-        self._cycle(0, b0, x0, work)
-        cast(x0, x)
+        level0, cast = work[0], self.levels[0].cast
+        if b.dtype != self.dtype:
+            if level0[0] is None:
+                level0[0] = np.empty(b.shape, self.dtype)
+            cast(b, level0[0])
+            b = level0[0]
+        x0 = x
+        if x.dtype != self.dtype:
+            if level0[1] is None:
+                level0[1] = np.empty(x.shape, self.dtype)
+            x0 = level0[1]
+        self._cycle(0, b, x0, work)
+        if x0 is not x:
+            cast(x0, x)
 
     def _smooth(self, lv, ops, b, x, xold, forward, zero=False):
         ip, ix, dv = ops
@@ -802,16 +806,17 @@ class _Hierarchy:
 class _Workspace:
     """GMRES arrays for ``k`` systems of size ``n`` with restart ``m``.
 
-    The two big arrays (basis ``V`` and preconditioned basis ``Zs``) are views
-    of ``buf``, a flat buffer from the plan's pool that may be larger (one
-    buffer serves 1- and 4-column solves).
+    The two big arrays (basis ``V``, ``KRYLOV_BASIS_DTYPE``, and preconditioned basis
+    ``Zs``, ``z_dtype``) are views of ``buf``, a byte buffer from the plan's pool that
+    may be larger (one buffer serves 1- and 4-column solves).
     """
 
-    def __init__(self, n, k, m, buf):
-        nv = (m + 1) * n * k
+    def __init__(self, n, k, m, z_dtype, buf):
+        v_dtype = np.dtype(KRYLOV_BASIS_DTYPE)
+        nv = (m + 1) * n * k * v_dtype.itemsize
         self.buf = buf
-        self.V = buf[:nv].reshape(m + 1, n, k)
-        self.Zs = buf[nv:nv + m * n * k].reshape(m, n, k)  # B V (flexible-GMRES storage)
+        self.V = buf[:nv].view(v_dtype).reshape(m + 1, n, k)
+        self.Zs = buf[nv:nv + m * n * k * z_dtype.itemsize].view(z_dtype).reshape(m, n, k)  # B V (flexible GMRES)
         self.R = np.empty((n, k))
         self.part = np.empty((N_CHUNKS, m + 2, k))
         self.h = np.empty((m + 2, k))
@@ -824,25 +829,25 @@ class _Workspace:
         self.nrm = np.empty(k)
 
 
-def _acquire_workspace(plan, n, k, m):
+def _acquire_workspace(plan, n, k, m, z_dtype):
     """Workspace whose basis lives in a buffer reused across solves and factorisations.
 
     The plan keeps the largest buffer released so far (no page faults per
     matrix; 1-column solves reuse the 4-column buffer); concurrent solves
     allocate their own.
     """
-    need = (2 * m + 1) * n * k
-    dtype = np.dtype(KRYLOV_BASIS_DTYPE)
+    z_dtype = np.dtype(z_dtype)
+    need = ((m + 1) * np.dtype(KRYLOV_BASIS_DTYPE).itemsize + m * z_dtype.itemsize) * n * k
     with _POOL_LOCK:
         pool = plan.__dict__.setdefault("_pool", {})
         buf = pool.get(m)
-        if buf is not None and buf.shape[0] >= need and buf.dtype == dtype:
+        if buf is not None and buf.shape[0] >= need:
             del pool[m]
         else:
             buf = None
     if buf is None:
-        buf = np.empty(need, dtype)
-    return _Workspace(n, k, m, buf)
+        buf = np.empty(need, np.uint8)
+    return _Workspace(n, k, m, z_dtype, buf)
 
 
 def _release_workspace(plan, ws, m):
@@ -1212,8 +1217,11 @@ class KrylovSolver:
         m = krylov_restart(self.restart, n, k)
         if ops is None:
             ops = self._operator(trans) if self._op is None else (self._op.rmatmat if trans else self._op.matmat)
-        self._hierarchy(trans)  # built (if not yet) before the workspace is taken: a lower memory peak
-        ws = _acquire_workspace(self._pool_owner, n, k, m)
+        hier = self._hierarchy(trans)  # built (if not yet) before the workspace is taken: a lower memory peak
+        # the preconditioned vectors in the cycle's precision: they are its output, so float32
+        # storage is exact and the sparse kernels read them as they are (the same bits as float64)
+        z_dtype = hier.dtype if hier is not None and not callable(ops) else np.float64
+        ws = _acquire_workspace(self._pool_owner, n, k, m, z_dtype)
         try:
             return self._gmres_ws(B, X0, trans, ops, ws, m, vec, watch)
         finally:

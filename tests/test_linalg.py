@@ -1,6 +1,8 @@
 """Tests for fastmeta.linalg (dense oracle: numpy.linalg.solve)."""
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -553,6 +555,92 @@ def test_column_kernels_against_numpy(k, dtype):
     kk.col_lincomb_sub(V, 3, h, W, part, nrm)
     np.testing.assert_allclose(W, Wref, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(nrm, (Wref * Wref).sum(0), rtol=1e-12)
+
+
+def _column_kernel_calls(k, dtype):
+    """(kernel family, arguments, indices of the arguments it writes) for every column kernel."""
+    from fastmeta._kernels import krylov as kk
+    M = random_M(300, 0.9, seed=3, k=5)
+    n, ip, ix, dv = M.shape[0], M.indptr, M.indices, M.data.astype(dtype)
+    rng = np.random.default_rng(k)
+    X, B, Y = (rng.normal(size=(n, k)).astype(dtype) for _ in range(3))
+    invd, interior = (1.0 / M.diagonal()).astype(dtype), np.ones(n, dtype=np.bool_)
+    diag = np.flatnonzero(np.repeat(np.arange(n), np.diff(ip)) == ix).astype(ix.dtype)
+    agg = (rng.permutation(n) // 3).astype(ix.dtype)
+    ptr, members = np.empty(agg.max() + 2, dtype=np.int64), np.empty(n, dtype=agg.dtype)
+    kk.agg_members(agg, ptr, members)
+    V, part, h = rng.normal(size=(4, n, k)).astype(dtype), np.empty((64, 5, k)), rng.normal(size=(5, k))
+    values = rng.normal(size=(M.nnz, k))
+    return [(kk.csr_matvec, (ip, ix, dv, X, Y), [4]), (kk.csr_residual, (ip, ix, dv, X, B, Y), [5]),
+            (kk.csr_matvec_add, (ip, ix, dv, X, Y), [4]),
+            (kk.csr_matvec_each, (ip, ix, values, X, Y), [4]),
+            (kk.csr_residual_each, (ip, ix, values, X, B, Y), [5]),
+            (kk.gs_sweep, (ip, ix, dv, invd, B, X, X.copy(), 4, interior, False), [5]),
+            (kk.gs_sweep_zero, (ip, ix, dv, diag, invd, B, X, 1, interior), [6]),
+            (kk.restrict_sum, (ptr, members, X, np.empty((len(ptr) - 1, k), dtype)), [3]),
+            (kk.col_dots, (V, 3, X, part, np.empty((5, k))), [4]),
+            (kk.col_lincomb_sub, (V, 3, h, B, part, np.empty(k)), [3, 5])]
+
+
+@pytest.mark.parametrize("k, dtype", [(4, np.float32), (3, np.float64)])
+def test_vectorized_column_kernels_give_the_bits_of_scalar_code(k, dtype):
+    """The column kernels are compiled with LLVM's SLP vectorizer (``_config.vectorized``):
+    the same bits as the scalar code Numba compiles by default, serial and parallel (the
+    cycle's 4-column float32 blocks, and an odd K in float64; each scalar reference is a
+    compilation of its own, hence not every K)."""
+    from fastmeta._kernels._config import ERROR_MODEL, FASTMATH
+    for family, args, written in _column_kernel_calls(k, dtype):
+        kernel = family.at(k)
+        scalar = numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL)(kernel.serial.py_func)
+        assert not numba.config.SLP_VECTORIZE  # (the default: the reference is scalar code)
+        expected = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        scalar(*expected)
+        for side in (kernel.serial, kernel.parallel):
+            got = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            side(*got)
+            for w in written:
+                np.testing.assert_array_equal(got[w], expected[w], err_msg=family.__name__)
+
+
+def test_the_column_kernels_are_vectorized_across_columns():
+    """Compiled through ``vectorized``, the 4-column float32 residual (the multigrid cycle's)
+    loads, multiplies and subtracts 4-wide, and the setting it needed is put back. (The
+    kernels themselves may come from the disk cache, whose code Numba does not show.)"""
+    from fastmeta._kernels import krylov as kk
+    from fastmeta._kernels._config import ERROR_MODEL, FASTMATH, vectorized
+    calls = {family.__name__: args for family, args, _ in _column_kernel_calls(4, np.float32)}
+    py_func = kk.csr_residual.at(4).serial.py_func
+    for slp in (False, True):
+        kernel = numba.njit(fastmath=FASTMATH, error_model=ERROR_MODEL)(py_func)
+        if slp:
+            kernel = vectorized(kernel)
+        kernel(*calls["csr_residual"])
+        ir = kernel.inspect_llvm(kernel.signatures[0])
+        wide = [re.search(rf"{op}( \w+)* <4 x float>", ir) is not None for op in ("fmul", "fsub")]
+        assert wide == [slp, slp]
+        assert not numba.config.SLP_VECTORIZE
+
+
+def test_float32_preconditioned_vectors_are_stored_exactly(monkeypatch):
+    """GMRES keeps the cycle's float32 output as it is: the same bits as with a float64 copy."""
+    M = grid_M(40, drift=True)
+    B = np.random.default_rng(3).normal(size=(M.shape[0], 3))
+    acquire = linalg._acquire_workspace
+    seen = []
+
+    def spy(plan, n, k, m, z_dtype, widen=False):
+        ws = acquire(plan, n, k, m, np.float64 if widen else z_dtype)
+        seen.append(ws.Zs.dtype)
+        return ws
+
+    monkeypatch.setattr(linalg, "_acquire_workspace", spy)
+    f = factorize(M, "krylov")
+    X, XT = f.solve(B), f.solve_transposed(B)
+    monkeypatch.setattr(linalg, "_acquire_workspace", lambda *a: spy(*a, widen=True))
+    f = factorize(M, "krylov")
+    np.testing.assert_array_equal(f.solve(B), X)
+    np.testing.assert_array_equal(f.solve_transposed(B), XT)
+    assert seen == [np.float32, np.float32, np.float64, np.float64]
 
 
 @pytest.mark.parametrize("nblk", [1, 4])

@@ -32,6 +32,8 @@ import os
 import types
 
 import numba
+from numba.core import config as numba_config
+from numba.core.compiler_lock import global_compiler_lock
 
 FASTMATH = {"nsz", "arcp", "afn"}
 N_CHUNKS = 64
@@ -97,6 +99,41 @@ class SizedKernel:
     def __call__(self, *args):
         size = max((a.size for a in args if hasattr(a, "size") and hasattr(a, "shape")), default=0)
         return self.for_size(size)(*args)
+
+
+def vectorized(kernel):
+    """Compile ``kernel`` (a dispatcher or a :class:`SizedKernel`) with LLVM's SLP vectorizer.
+
+    Numba leaves the superword-level-parallelism pass off (``NUMBA_SLP_VECTORIZE=0``), so
+    the K column lines of a block kernel (``s0 -= a * X[j, 0]`` ... ``s3 -= a * X[j, 3]``)
+    compile to K scalar multiplies and subtracts. The SLP pass turns them into one
+    4-wide load, multiply and subtract. It keeps the IEEE semantics of every lane
+    (nothing is reordered or fused without ``reassoc``/``contract``, see the top of this
+    module), so the results are bit for bit those of the scalar code, as the tests check
+    against a scalar compilation of each kernel. 10^6 gradient: 0.87x the time.
+
+    Numba reads the setting when it optimises a function, so it is switched on only
+    around this kernel's compilations. They hold Numba's global compiler lock, so no other
+    function (a user's, in another thread) compiles while it is on. Machine code loaded
+    from the disk cache was compiled this way, too.
+    """
+    if isinstance(kernel, SizedKernel):
+        vectorized(kernel.serial)
+        vectorized(kernel.parallel)
+        return kernel
+    compile_scalar = kernel.compile
+
+    def compile_vectorized(sig):
+        with global_compiler_lock:
+            saved = numba_config.SLP_VECTORIZE
+            numba_config.SLP_VECTORIZE = 1
+            try:
+                return compile_scalar(sig)
+            finally:
+                numba_config.SLP_VECTORIZE = saved
+
+    kernel.compile = compile_vectorized
+    return kernel
 
 
 def sized(fn) -> SizedKernel:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import N_CHUNKS, jit, sized
+from ._config import N_CHUNKS, jit, sized, vectorized
 
 
 # --------------------------------------------------------------------------
@@ -50,7 +50,7 @@ class ColumnKernel:
         if kernel is None:
             if not 1 <= k <= 4:
                 raise ValueError(f"{self.__name__}: blocks have 1 to 4 columns, got {k}")
-            kernel = self._variants[k] = sized(self._factory(k))
+            kernel = self._variants[k] = vectorized(sized(self._factory(k)))
         return kernel
 
     def __call__(self, *args):
