@@ -1,12 +1,15 @@
-"""Two versions of fastmeta side by side in one process: gradient time on RL^2 batches.
+"""Two versions of fastmeta side by side in one process: gradient time on RL^2 batches or gridworlds.
 
     PYTHONPATH=. python benchmarks/ab_versions.py --before 86e33e5 --cases 10x1 16x8 64x8 100x8 300x4
+    PYTHONPATH=. python benchmarks/ab_versions.py --before 60419a1 --cases grid1000000 --rounds 3
 
 The package at ``--before`` (read with ``git archive``) and the working tree are copied to a
 scratch directory as ``fm_before`` and ``fm_after`` (their own Numba caches there) and
-imported next to each other. Each case (S x n RL^2 random MDPs, k = 4, A = 4, d = 16) is
-built by both versions; the bits of their gradients are compared, then ``gradient`` is timed
-in alternating rounds (order reversed every other round) and the medians are printed with
+imported next to each other. Each case is built by both versions: ``SxN``, N RL^2 random MDPs
+of S states (k = 4, A = 4, d = 16); ``gridS``, the targets' gridworld of about S states with
+features on the fly (``rl_problems.gridworld_map``: n = 4, d = 32, gamma 0.99). The bits of
+their gradients are compared, then ``gradient`` is timed in alternating rounds (order
+reversed every other round; at least one call per round) and the medians are printed with
 their ratio. Alternating in one process is what makes a few-percent difference visible on a
 shared machine whose speed changes by 2x from one minute to the next.
 """
@@ -54,31 +57,43 @@ def main(argv=None) -> None:
     versions = [importlib.import_module(name) for name in ("fm_before", "fm_after")]
     runs = {}
     for case in args.cases:
-        S, n = map(int, case.split("x"))
         grads = []
         for fm in versions:
-            tasks, phi = fm.tasks.random_mdps(n_tasks=n, n_states=S, n_actions=4, k=4, gamma=0.99,
-                                              n_features=16, seed=0)
-            theta = 0.5 * np.random.default_rng(0).standard_normal(16)
-            meta = fm.MetaRL(tasks, fm.LinearEnergy(phi))
+            meta, theta = _problem(fm, case)
             grads.append(meta.gradient(theta))
             runs[case, fm.__name__] = (meta, theta)
-        print(f"S = {S}, n = {n}: same bits {np.array_equal(*grads)}", flush=True)
+        print(f"{case}: same bits {np.array_equal(*grads)}", flush=True)
     times = {key: [] for key in runs}
     for r in range(args.rounds):
         for key in (runs if r % 2 == 0 else list(runs)[::-1]):
             meta, theta = runs[key]
             t0, calls = time.perf_counter(), 0
-            while time.perf_counter() - t0 < args.seconds:
+            while calls == 0 or time.perf_counter() - t0 < args.seconds:
                 meta.gradient(theta)
                 calls += 1
             times[key].append((time.perf_counter() - t0) / calls)
     print(f"\nload {os.getloadavg()[0]:.1f}; medians of {args.rounds} alternating rounds")
-    print("| S | n | before | after | after / before |\n|---|---|---|---|---|")
+    print("| case | before | after | after / before |\n|---|---|---|---|")
     for case in args.cases:
-        S, n = case.split("x")
-        b, a = (float(np.median(times[case, name])) * 1e6 for name in ("fm_before", "fm_after"))
-        print(f"| {S} | {n} | {b:.1f} us | {a:.1f} us | {a / b:.3f} |")
+        b, a = (float(np.median(times[case, name])) for name in ("fm_before", "fm_after"))
+        print(f"| {case} | {_seconds(b)} | {_seconds(a)} | {a / b:.3f} |")
+
+
+def _seconds(t: float) -> str:
+    return f"{t:.2f} s" if t >= 1.0 else f"{t * 1e3:.2f} ms" if t >= 1e-3 else f"{t * 1e6:.1f} us"
+
+
+def _problem(fm, case):
+    """(MetaRL, theta) of a case, built by the fastmeta module ``fm``."""
+    from benchmarks import rl_problems as rp
+    if case.startswith("grid"):
+        tasks, phi = fm.tasks.gridworld_goals(n_tasks=rp.N_TASKS, size=rp.grid_side(int(case[4:])), slip=0.1,
+                                              gamma=rp.GAMMA, features="rbf", n_features=rp.N_FEATURES,
+                                              feature_map=True, seed=0)
+        return fm.MetaRL(tasks, fm.LinearEnergy(phi), tau=rp.TAU, eta=rp.ETA), rp.theta0()
+    S, n = map(int, case.split("x"))
+    tasks, phi = fm.tasks.random_mdps(n_tasks=n, n_states=S, n_actions=4, k=4, gamma=0.99, n_features=16, seed=0)
+    return fm.MetaRL(tasks, fm.LinearEnergy(phi)), 0.5 * np.random.default_rng(0).standard_normal(16)
 
 
 if __name__ == "__main__":
