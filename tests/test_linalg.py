@@ -643,6 +643,28 @@ def test_float32_preconditioned_vectors_are_stored_exactly(monkeypatch):
     assert seen == [np.float32, np.float32, np.float64, np.float64]
 
 
+def test_a_level_with_few_interior_rows_is_swept_as_one_block(monkeypatch):
+    """Row blocks pay where most couplings stay inside a block (a grid); on a random chain
+    almost none do, and the level is swept by plain Gauss-Seidel instead of Jacobi-coupled
+    blocks (fewer iterations for the same matrix and right-hand side)."""
+    grid, rand = grid_M(110), random_M(20_000, 0.99, seed=1, k=5)
+    b = np.random.default_rng(0).normal(size=rand.shape[0])
+    for M, blocked in ((grid, True), (rand, False)):
+        lv = factorize(M, "krylov", preconditioner="sgs")._hier.levels[0]
+        assert (lv.nblk > 1) == blocked
+        assert lv.nblk == 1 or np.count_nonzero(lv.interior) >= linalg.GS_MIN_INTERIOR * lv.n
+        assert lv.nblk > 1 or (lv.interior.all() and lv.halo is None)
+    its = {}
+    for rule in (linalg.GS_MIN_INTERIOR, 0.0):  # 0.0: blocked whatever the couplings
+        monkeypatch.setattr(linalg, "GS_MIN_INTERIOR", rule)
+        f = factorize(rand, "krylov", rtol=1e-10, preconditioner="sgs")
+        x = f.solve(b)
+        assert np.linalg.norm(b - rand @ x) <= 1e-10 * np.linalg.norm(b)
+        its[rule > 0] = (f._hier.levels[0].nblk, f.iterations)
+    assert its[False][0] > 1 and its[True][0] == 1
+    assert its[True][1] < its[False][1], its
+
+
 @pytest.mark.parametrize("nblk", [1, 4])
 @pytest.mark.parametrize("k", [1, 4])
 def test_gs_sweep_zero_is_the_blockwise_forward_substitution(nblk, k):
