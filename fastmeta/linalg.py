@@ -164,8 +164,10 @@ GS_MIN_INTERIOR = 0.5
 #: instead of 12 saves about 10% of the bytes moved per iteration (see the study).
 KRYLOV_RESTART = 5
 #: GMRES: the restart is lowered for large systems so that the basis fits in this
-#: many bytes (10^6 states, 4 columns: restart 4, 288 MB, for the same iterations as
-#: restart 5 and 64 MB less at the peak of a gradient; 10^7 states: restart 2, 1.6 GB).
+#: many bytes, counted as if all of it were float64 (10^6 states, 4 columns: restart 4,
+#: 288 MB, for the same iterations as restart 5 and 64 MB less at the peak of a gradient;
+#: 10^7 states: restart 2, 1.6 GB). The preconditioned half is float32 behind the AMG
+#: cycle (see ``_gmres``), so the basis takes less: 224 MB at 10^6 states.
 KRYLOV_BASIS_BYTES = 320 * 2**20
 #: GMRES: storage precision of the Krylov basis and of the preconditioned basis.
 #: The arithmetic is float64 and every restart recomputes the true residual in
