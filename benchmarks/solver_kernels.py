@@ -80,7 +80,16 @@ def kernel_table(M, reps):
                     lambda: kk.gs_sweep.serial(ip, ix, dv, lv.invd, B, X, X, 1, lv.interior, True))
                 add("  copy_rows (halo)", l, k, 2 * w * lv.halo.shape[0] * k,
                     lambda: lv.copy(lv.halo, X, Xold))
-            if lv.agg is not None:
+            if getattr(lv, "P", None) is not None:  # smoothed aggregation: the transfers are sparse products
+                nc = lv.ptr.shape[0] - 1
+                Rc = np.empty((nc, k), lv.data.dtype)
+                for name, (tp, tx, td), src, dst, fn in (("R r (csr_matvec)", lv.R, Xold, Rc, lv.to_coarse),
+                                                       ("x += P e (csr_matvec_add)", lv.P, Rc, X, lv.from_coarse)):
+                    nbytes = tp.itemsize * tp.shape[0] + (tx.itemsize + w) * tx.shape[0] + w * src.size
+                    nbytes += w * dst.size * (2 if fn is lv.from_coarse else 1)
+                    add(name, l, k, nbytes, lambda fn=fn, src=src, dst=dst: fn(src, dst))
+                add("  csr_residual", l, k, mat + 3 * vec, lambda: lv.residual(ip, ix, dv, X, B, Xold))
+            elif lv.agg is not None:
                 nc = lv.ptr.shape[0] - 1
                 Rc = np.empty((nc, k), lv.data.dtype)
                 restr = w * nc * k + lv.members.itemsize * n + 8 * nc
@@ -104,11 +113,11 @@ def kernel_table(M, reps):
             add(f"dense_lu_solve ({nl} rows)", len(hier.levels) - 1, k, 8 * nl * nl,
                 lambda: kk.dense_lu_solve(hier.lu, bl, xl))
         n = M.shape[0]
-        X64 = np.ones((n, k))
+        Z = np.ones((n, k), hier.dtype)  # GMRES multiplies the cycle's output as it is stored
         Y64 = np.empty((n, k))
         mv = kk.csr_matvec.at(k).for_size(M.nnz)
-        add("csr_matvec (float64 M)", 0, k, 8 * (n + 1) + 12 * M.nnz + 16 * n * k,
-            lambda: mv(plan.indptr, plan.indices, fac.data, X64, Y64))
+        add(f"csr_matvec (float64 M, {hier.dtype} Z)", 0, k, 8 * (n + 1) + 12 * M.nnz + (Z.itemsize + 8) * n * k,
+            lambda: mv(plan.indptr, plan.indices, fac.data, Z, Y64))
         m = linalg.krylov_restart(linalg.KRYLOV_RESTART, n, k)
         V = np.random.default_rng(1).standard_normal((m + 1, n, k))
         W = V[m].copy()
