@@ -588,7 +588,7 @@ def _column_kernel_calls(k, dtype):
 @pytest.mark.parametrize("k, dtype", [(1, np.float64), (2, np.float32), (3, np.float64), (4, np.float32)])
 def test_vectorized_column_kernels_give_the_bits_of_scalar_code(k, dtype):
     """The column kernels are compiled with LLVM's SLP vectorizer (``_config.vectorized``):
-    the same bits as the scalar code Numba compiles by default, serial and parallel. (Numba
+    the same bits as the scalar code Numba compiles by default. (Numba
     left SLP off after miscompilations in other code; this checks ours on this machine.
     Every K and both precisions, not every pair: each scalar reference is a compilation.)"""
     from fastmeta._kernels._config import ERROR_MODEL, FASTMATH
@@ -598,7 +598,9 @@ def test_vectorized_column_kernels_give_the_bits_of_scalar_code(k, dtype):
         assert not numba.config.SLP_VECTORIZE  # (the default: the reference is scalar code)
         expected = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
         scalar(*expected)
-        for side in (kernel.serial, kernel.parallel):
+        # the parallel twins (same body, prange for range) of the cycle's blocks only: each
+        # compilation of one costs seconds in a cold cache
+        for side in (kernel.serial, kernel.parallel) if (k, dtype) == (4, np.float32) else (kernel.serial,):
             got = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
             side(*got)
             for w in written:
