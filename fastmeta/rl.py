@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -688,14 +689,31 @@ class MetaRL(EnergyObjective):
         run their loops on one core, so the cores take different units (the compiled
         kernels release the GIL). Larger tasks keep one unit at a time, parallel inside,
         with the memory of one unit. Batches are parallel over tasks inside already.
+        Units whose kernels may run in parallel (large tasks, or the iterative solver,
+        whose vector kernels go parallel from 50 000 elements) share the threads only on a
+        thread-safe Numba threading layer: ``workqueue`` would terminate the process.
         """
         if self.task_workers is not None:
-            return self.task_workers
-        if self._batched or self._stages is not None:
+            workers = self.task_workers
+        elif self._batched or self._stages is not None:
             return 1
-        if self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE:
+        elif self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE:
             return 1
-        return numba.get_num_threads()
+        else:
+            workers = numba.get_num_threads()
+        if workers > 1 and not self._batched and self._units_may_run_parallel_kernels() \
+                and not _config.threading_layer_is_threadsafe():
+            if self.task_workers is not None:
+                warnings.warn(f"{_OWNER}: task_workers={self.task_workers} needs a thread-safe Numba threading "
+                              f"layer (omp or tbb) for these tasks, whose kernels run in parallel; this "
+                              f"process uses {numba.threading_layer()!r}, so the groups of tasks are computed "
+                              f"one at a time", RuntimeWarning, stacklevel=4)
+            return 1
+        return workers
+
+    def _units_may_run_parallel_kernels(self) -> bool:
+        return (self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE
+                or "krylov" in self.solver_methods)
 
     def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
         """L and dL/df from all units' partials, summed in unit order."""

@@ -1,4 +1,8 @@
 """The batched path (many small tasks in one compiled call) against the oracles and the per-task path."""
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -224,6 +228,39 @@ def test_units_computed_on_two_threads_give_the_same_bits(solver):
     np.testing.assert_array_equal(out[1][1], out[2][1])
     meta.task_workers = None
     assert meta._unit_workers() == numba.get_num_threads()  # small tasks on the sparse path: tasks in parallel
+
+
+WORKQUEUE_CHECK = """
+import warnings, numba, numpy as np, fastmeta
+def grads(tasks, phi, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = fastmeta.MetaRL(tasks, fastmeta.LinearEnergy(phi), **kw)
+        return meta.gradient(np.full(phi.shape[-1], 0.3)), [str(w.message) for w in caught], meta
+# large tasks (S*A >= 50 000: parallel kernels inside) on two workers, as asked
+tasks, phi = fastmeta.tasks.random_mdps(2, 13_000, 4, k=4, gamma=0.9, n_features=4, seed=0)
+one, _, _ = grads(tasks, phi)
+two, warned, meta = grads(tasks, phi, task_workers=2)
+assert numba.threading_layer() == "workqueue" and np.array_equal(one, two)
+assert len(warned) == 1 and "thread-safe Numba threading layer" in warned[0] and "'workqueue'" in warned[0], warned
+# small tasks with the iterative solver: the default spreads them over the threads, but its
+# vector kernels go parallel from 50 000 elements
+tasks, phi = fastmeta.tasks.random_mdps(3, 10_000, 4, k=4, gamma=0.9, n_features=4, seed=1)
+one, _, _ = grads(tasks, phi, solver="krylov", task_workers=1)
+auto, warned, meta = grads(tasks, phi, solver="krylov")
+assert np.array_equal(one, auto) and not warned and meta._unit_workers() == 1
+print("ok")
+"""
+
+
+def test_units_share_the_threads_only_on_a_threadsafe_threading_layer():
+    """Numba's workqueue layer terminates the process when two threads launch parallel kernels
+    at once: there the groups of tasks are computed one at a time (and a task_workers the user
+    asked for is refused with a warning), with the same bits."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", WORKQUEUE_CHECK], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 def test_profile_of_the_batched_path_has_one_stage_for_the_tasks():

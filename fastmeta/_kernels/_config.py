@@ -32,6 +32,7 @@ import os
 import types
 
 import numba
+import numpy as np
 from numba.core import config as numba_config
 from numba.core.compiler_lock import global_compiler_lock
 
@@ -67,6 +68,28 @@ Measured at load 1.2 on the 2-core machine, one batch of RL^2 tasks (k = 4, A = 
 serial / parallel: S = 16, n = 64 (n S^3 = 2.6e5): 492 / 254 us; S = 64, n = 64:
 4.6 / 2.4 ms; S = 100, n = 8: 1.6 / 0.83 ms. Under a load of 15 parallel gained nothing
 (other jobs held the second core), which is why the bar is not lower still."""
+
+
+@pjit
+def _first_launch(x):  # pragma: no cover - numba
+    for i in numba.prange(x.shape[0]):
+        x[i] = 0.0
+
+
+def threading_layer_is_threadsafe() -> bool:
+    """Whether parallel kernels may run from several Python threads at once.
+
+    The ``omp`` and ``tbb`` layers allow it. ``workqueue`` (what Numba falls back to
+    without an OpenMP or TBB runtime, as with pip wheels on macOS) terminates the process
+    when two threads launch parallel kernels at the same time. Numba picks the layer at
+    the first parallel launch, so one tiny kernel runs first if none has.
+    """
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process yet
+        _first_launch(np.zeros(1))
+        layer = numba.threading_layer()
+    return layer in ("omp", "tbb")
 
 
 class SizedKernel:
