@@ -289,8 +289,11 @@ class MetaRL(EnergyObjective):
     task_workers : int, optional
         Threads computing groups of tasks at once on the task-by-task path. By
         default all Numba threads when the tasks are small enough for their own
-        loops to run serially (S*A below the kernels' parallel threshold), else 1
-        (each task parallel inside). Results are the same bits for any value.
+        loops to run serially (S*A below the kernels' parallel threshold) or their
+        solves are serial (GMRES with Gauss-Seidel on expander-like chains, such as
+        RL^2 random MDPs), else 1 (each task parallel inside). Results are the same
+        bits for any value. Where the kernels of a group may run in parallel, groups
+        share the threads only on a thread-safe Numba threading layer (omp, tbb).
     warm_start : bool, default False
         Start every iterative solve from this object's previous solution of the same
         system (same task and kernel, compared by content; the main effect's values and
@@ -688,7 +691,10 @@ class MetaRL(EnergyObjective):
         Units of the sparse path whose arrays are below the kernels' parallel threshold
         run their loops on one core, so the cores take different units (the compiled
         kernels release the GIL). Larger tasks keep one unit at a time, parallel inside,
-        with the memory of one unit. Batches are parallel over tasks inside already.
+        with the memory of one unit, unless their solves are serial too: GMRES with the
+        Gauss-Seidel preconditioner of an expander-like chain (RL^2 random MDPs), whose
+        sweeps run on one thread (``linalg.GS_MIN_INTERIOR``); those take the threads in
+        turn, for the memory of that many units. Batches are parallel over tasks inside already.
         Units whose kernels may run in parallel (large tasks, or the iterative solver,
         whose vector kernels go parallel from 50 000 elements) share the threads only on a
         thread-safe Numba threading layer: ``workqueue`` would terminate the process.
@@ -697,7 +703,7 @@ class MetaRL(EnergyObjective):
             workers = self.task_workers
         elif self._batched or self._stages is not None:
             return 1
-        elif self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE:
+        elif self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE and not self._units_solve_serially():
             return 1
         else:
             workers = numba.get_num_threads()
@@ -710,6 +716,12 @@ class MetaRL(EnergyObjective):
                               f"one at a time", RuntimeWarning, stacklevel=4)
             return 1
         return workers
+
+    def _units_solve_serially(self) -> bool:
+        """Whether every unit's solves are GMRES with the Gauss-Seidel preconditioner (chosen for
+        expander-like chains, whose sweeps run as one block) and there are units to share."""
+        return len(self._units) > 1 and all(
+            pattern.method == "krylov" and pattern.plan.preconditioner == "sgs" for pattern in self._task_pattern)
 
     def _units_may_run_parallel_kernels(self) -> bool:
         return (self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE

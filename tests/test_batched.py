@@ -230,6 +230,29 @@ def test_units_computed_on_two_threads_give_the_same_bits(solver):
     assert meta._unit_workers() == numba.get_num_threads()  # small tasks on the sparse path: tasks in parallel
 
 
+def test_large_tasks_with_serial_solves_share_the_threads():
+    """Large RL^2 tasks (a kernel each, GMRES with one-block Gauss-Seidel sweeps) take the
+    threads in turn by default, with the bits of one at a time; grid-like large tasks (the
+    multigrid cycle, parallel inside) keep one group at a time."""
+    tasks, phi = fastmeta.tasks.random_mdps(2, 13_000, 4, k=4, gamma=0.9, n_features=4, seed=3)
+    theta = np.full(4, 0.3)
+    meta = MetaRL(tasks, LinearEnergy(phi))
+    assert meta.solver_methods == ["krylov"] and meta._task_pattern[0].plan.preconditioner == "sgs"
+    assert meta._unit_workers() == numba.get_num_threads()
+    auto = meta.value_and_grad(theta)
+    meta.task_workers = 1
+    one = meta.value_and_grad(theta)
+    assert auto[0] == one[0]
+    np.testing.assert_array_equal(auto[1], one[1])
+    grids = [fastmeta.tasks.gridworld_goals(1, 120, slip=slip, gamma=0.9, features="rbf", n_features=4, seed=0)
+             for slip in (0.1, 0.2)]  # two kernels: two groups
+    gmeta = MetaRL([grids[0][0][0], grids[1][0][0]], LinearEnergy(grids[0][1]), solver="krylov")
+    assert len(gmeta._units) == 2 and gmeta._task_pattern[0].plan.preconditioner == "amg"
+    assert gmeta._unit_workers() == 1
+    single = MetaRL(tasks[:1], LinearEnergy(phi))
+    assert single._unit_workers() == 1  # nothing to share
+
+
 WORKQUEUE_CHECK = """
 import warnings, numba, numpy as np, fastmeta
 def grads(tasks, phi, **kw):
