@@ -707,8 +707,8 @@ class MetaRL(EnergyObjective):
             return 1
         else:
             workers = numba.get_num_threads()
-        if workers > 1 and not self._batched and self._units_may_run_parallel_kernels() \
-                and not _config.threading_layer_is_threadsafe():
+        if (workers > 1 and len(self._units) > 1 and self._units_may_run_parallel_kernels()
+                and not _config.threading_layer_is_threadsafe()):
             if self.task_workers is not None:
                 warnings.warn(f"{_OWNER}: task_workers={self.task_workers} needs a thread-safe Numba threading "
                               f"layer (omp or tbb) for these tasks, whose kernels run in parallel; this "
@@ -724,7 +724,8 @@ class MetaRL(EnergyObjective):
             pattern.method == "krylov" and pattern.plan.preconditioner == "sgs" for pattern in self._task_pattern)
 
     def _units_may_run_parallel_kernels(self) -> bool:
-        return (self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE
+        # batches go parallel over their tasks from BATCH_PARALLEL_MIN_WORK
+        return (self._batched or self.n_states * self.n_actions >= _config.PARALLEL_MIN_SIZE
                 or "krylov" in self.solver_methods)
 
     def _combine(self, partials: Sequence[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
