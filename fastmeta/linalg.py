@@ -1097,8 +1097,7 @@ class KrylovSolver:
         B = b.reshape(n, 1) if vec else b
         X0 = self._starts(x0, b)
         parts, its, rel = [], 0, 0.0
-        for c in range(0, B.shape[1], KRYLOV_BLOCK):
-            sl = slice(c, min(B.shape[1], c + KRYLOV_BLOCK))
+        for sl in _column_blocks(B.shape[1]):
             Xb, it, r = self._gmres(np.ascontiguousarray(B[:, sl]), [x[:, sl] for x in X0], trans, vec, watch)
             parts.append(Xb)
             its, rel = max(its, it), max(rel, r)
@@ -1151,8 +1150,7 @@ class KrylovSolver:
         parts, its, rel = [], 0, 0.0
         # the preconditioner was built for M, not for the M_c: watched if it is one of ours
         watch = EACH_STALL_ITERATIONS if self._uses_hierarchy else 0
-        for c in range(0, b.shape[1], KRYLOV_BLOCK):
-            sl = slice(c, min(b.shape[1], c + KRYLOV_BLOCK))
+        for sl in _column_blocks(b.shape[1]):
             ops = self._operator_each(Ms, sl, transposed)
             starts = [x[:, sl] for x in X0]
             try:
@@ -1339,6 +1337,11 @@ class KrylovSolver:
             f"relative residual {rel:.3e} > rtol {self.rtol:.1e} (atol {self.atol:.1e}). "
             f"Raise maxiter, loosen rtol, or use solver='splu' (or 'dense' for small problems)."
         )
+
+
+def _column_blocks(k):
+    """The column slices of a ``k``-column solve, ``KRYLOV_BLOCK`` columns each (the last fewer)."""
+    return [slice(c, min(k, c + KRYLOV_BLOCK)) for c in range(0, k, KRYLOV_BLOCK)]
 
 
 def _join_columns(parts):

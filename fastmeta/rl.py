@@ -769,12 +769,16 @@ class MetaRL(EnergyObjective):
             warm[("U", *keys)] = U
         self._tick("solve")
         # every task's main-effect values and adapted policy (pi_i: one PPO step from pi)
+        def action_values(task, V):  # Q(s, a) = r(s, a) + gamma (P V)(s, a)
+            Q = np.empty_like(f)
+            _k.bellman_q(P.indptr, P.indices, P.data, task.r, V, gamma, Q)
+            return Q
+
         traces = []
         R_i = np.empty((S, len(tasks)))  # r_{pi_i}
         for j, task in enumerate(tasks):
             V = U[:, j] * (1.0 - gamma)
-            Q = np.empty_like(f)
-            _k.bellman_q(P.indptr, P.indices, P.data, task.r, V, gamma, Q)
+            Q = action_values(task, V)
             pi_i = np.empty_like(f)
             _k.softmax_policy(f, 1.0 / self.tau, Q, self.eta, pi_i)
             _k.policy_average(pi_i, task.r, r_pi)
@@ -818,8 +822,7 @@ class MetaRL(EnergyObjective):
             if not want_grad:
                 continue
             pi_i = trace.pi_i
-            Q_i = np.empty_like(f)
-            _k.bellman_q(P.indptr, P.indices, P.data, task.r, V_i, gamma, Q_i)
+            Q_i = action_values(task, V_i)
             A_i = _centred_advantage(Q_i, pi_i)
             self._tick("kernels")
             if lockstep:
@@ -862,13 +865,8 @@ class MetaRL(EnergyObjective):
         c_meta = self.eta * gamma / ((1.0 - gamma) ** 2 * self.tau)
         for j, (task, trace) in enumerate(zip(tasks, traces)):
             xi_i = np.ascontiguousarray(XI[:, j])
-            if trace.A is None:
-                Q = np.empty_like(f)
-                _k.bellman_q(P.indptr, P.indices, P.data, task.r, trace.V, gamma, Q)
-                A = _centred_advantage(Q, pi)  # the same bits as the kept one
-                del Q
-            else:
-                A = trace.A
+            # (not kept: computed again, the same bits)
+            A = _centred_advantage(action_values(task, trace.V), pi) if trace.A is None else trace.A
             _k.add_meta_term(xi_i, pi, A, c_meta, trace.grad_energy)
             if keep:
                 trace.xi_i = xi_i

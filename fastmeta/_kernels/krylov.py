@@ -78,11 +78,12 @@ def column_kernel(block: int):
     return lambda factory: ColumnKernel(factory, block)
 
 
-def _csr_products(K, EACH):
+def _csr_products(K, EACH, ADD=False):
     """``csr_matvec`` and ``csr_residual`` for K columns: one matrix for all (``data`` of shape
     ``(nnz,)``) or, with ``EACH``, one per column (``data[:, c]``, ``(nnz, K)``: the pattern is read
-    once for the K matrices). ``EACH`` is a compile-time constant like K: its other branch
-    compiles away, so the one-matrix kernels are what they were before the per-column ones."""
+    once for the K matrices); with ``ADD`` the product is added to ``Y`` (``csr_matvec_add``).
+    ``EACH`` and ``ADD`` are compile-time constants like K: their other branches compile away,
+    so each kernel is what it was as a copy of its own."""
     def csr_matvec(indptr, indices, data, X, Y):  # pragma: no cover - numba
         for i in prange(indptr.shape[0] - 1):
             s0 = s1 = s2 = s3 = 0.0
@@ -96,13 +97,13 @@ def _csr_products(K, EACH):
                     s2 += (data[p, 2] if EACH else a) * X[j, 2]
                 if K > 3:
                     s3 += (data[p, 3] if EACH else a) * X[j, 3]
-            Y[i, 0] = s0
+            Y[i, 0] = (Y[i, 0] + s0) if ADD else s0
             if K > 1:
-                Y[i, 1] = s1
+                Y[i, 1] = (Y[i, 1] + s1) if ADD else s1
             if K > 2:
-                Y[i, 2] = s2
+                Y[i, 2] = (Y[i, 2] + s2) if ADD else s2
             if K > 3:
-                Y[i, 3] = s3
+                Y[i, 3] = (Y[i, 3] + s3) if ADD else s3
 
     def csr_residual(indptr, indices, data, X, B, R):  # pragma: no cover - numba
         for i in prange(indptr.shape[0] - 1):
@@ -140,6 +141,13 @@ def csr_matvec(K):
 def csr_residual(K):
     """``R = B - A @ X`` for an (n, K) block (parallel over rows)."""
     return _csr_products(K, False)[1]
+
+
+@column_kernel(block=3)
+def csr_matvec_add(K):
+    """``Y += A @ X`` for a CSR matrix and an (n, K) block (parallel over rows): the smoothed
+    prolongation ``x += P e`` (``P`` stored by fine rows, so every row is written once)."""
+    return _csr_products(K, False, True)[0]
 
 
 @column_kernel(block=3)
@@ -349,33 +357,6 @@ def restrict_sum(K):
             if K > 3:
                 Rc[c, 3] = r3
     return restrict_sum
-
-
-@column_kernel(block=3)
-def csr_matvec_add(K):
-    """``Y += A @ X`` for a CSR matrix and an (n, K) block (parallel over rows): the smoothed
-    prolongation ``x += P e`` (``P`` stored by fine rows, so every row is written once)."""
-    def csr_matvec_add(indptr, indices, data, X, Y):  # pragma: no cover - numba
-        for i in prange(indptr.shape[0] - 1):
-            s0 = s1 = s2 = s3 = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                a = data[p]
-                j = indices[p]
-                s0 += a * X[j, 0]
-                if K > 1:
-                    s1 += a * X[j, 1]
-                if K > 2:
-                    s2 += a * X[j, 2]
-                if K > 3:
-                    s3 += a * X[j, 3]
-            Y[i, 0] += s0
-            if K > 1:
-                Y[i, 1] += s1
-            if K > 2:
-                Y[i, 2] += s2
-            if K > 3:
-                Y[i, 3] += s3
-    return csr_matvec_add
 
 
 @sized
